@@ -1,0 +1,19 @@
+"""The QEMU version blockd emulates, and its own version for the ``package`` field."""
+
+from typing import Any
+
+from blockd import __version__
+
+QEMU_MAJOR = 7
+QEMU_MINOR = 2
+QEMU_MICRO = 0
+
+PACKAGE = f"blockd {__version__}"
+
+
+def version_info() -> dict[str, Any]:
+    """The VersionInfo object shared by the greeting and ``query-version``."""
+    return {
+        "qemu": {"micro": QEMU_MICRO, "minor": QEMU_MINOR, "major": QEMU_MAJOR},
+        "package": PACKAGE,
+    }
