@@ -1,0 +1,297 @@
+"""Consistency check and repair of a qcow2 image (qemu-img check).
+
+Rebuilds the reference counts every cluster should have from the metadata (header,
+L1/L2 tables of the active image and of internal snapshots, snapshot table,
+refcount table and blocks), compares them with the stored refcounts and checks the
+OFLAG_COPIED flags.  Messages are QEMU 7.2's, one line each, in ``messages``.
+Repairs: "leaks" lowers refcounts that are too high; "all" also raises refcounts
+that are too low and fixes OFLAG_COPIED flags.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .cluster import (
+    L1E_OFFSET_MASK,
+    L2E_OFFSET_MASK,
+    OFLAG_COPIED,
+    ClusterType,
+    cluster_type,
+)
+from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
+from .refcount import REFT_OFFSET_MASK
+
+if TYPE_CHECKING:
+    from .driver import Qcow2Driver
+
+
+@dataclass
+class Qcow2CheckResult:
+    """BdrvCheckResult plus the lines qemu-img check prints on stderr."""
+
+    corruptions: int = 0
+    leaks: int = 0
+    check_errors: int = 0
+    corruptions_fixed: int = 0
+    leaks_fixed: int = 0
+    image_end_offset: int = 0
+    total_clusters: int = 0
+    allocated_clusters: int = 0
+    fragmented_clusters: int = 0
+    compressed_clusters: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+class _Counter:
+    """The in-memory refcount table the check builds."""
+
+    def __init__(self, drv: Qcow2Driver, res: Qcow2CheckResult, file_len: int) -> None:
+        self.drv = drv
+        self.res = res
+        self.cs = drv.cluster_size
+        self.bits = drv.cluster_bits
+        self.file_len = file_len
+        self.refs = array("Q", bytes(8 * (-(-file_len // self.cs))))
+        self.max = drv.rc.max_refcount
+
+    def inc(self, offset: int, size: int) -> None:
+        if size <= 0:
+            return
+        if offset + size - self.file_len >= self.cs:
+            self.res.messages.append(
+                "ERROR: counting reference for region exceeding the end of the file by one "
+                f"cluster or more: offset {offset:#x} size {size:#x}"
+            )
+            self.res.corruptions += 1
+            return
+        first = offset >> self.bits
+        last = (offset + size - 1) >> self.bits
+        if last >= len(self.refs):
+            self.refs.extend([0] * (last + 1 - len(self.refs)))
+        for c in range(first, last + 1):
+            if self.refs[c] >= self.max:
+                self.res.messages.append(f"ERROR: overflow cluster offset={c << self.bits:#x}")
+                self.res.corruptions += 1
+                continue
+            self.refs[c] += 1
+
+
+async def _check_l2(
+    drv: Qcow2Driver, cnt: _Counter, res: Qcow2CheckResult, l2_off: int, active: bool
+) -> None:
+    cs = drv.cluster_size
+    try:
+        raw = await drv._pread(l2_off, cs)
+    except OSError:
+        res.messages.append("ERROR: I/O error in check_refcounts_l2")
+        res.check_errors += 1
+        return
+    entries = struct.unpack(f">{cs // 8}Q", raw)
+    next_contiguous = 0
+    for e in entries:
+        ct = cluster_type(e)
+        if ct == ClusterType.COMPRESSED:
+            if e & OFLAG_COPIED:
+                res.messages.append(
+                    f"ERROR: coffset={e & drv.cgeo.offset_mask:#x}: copied flag must never "
+                    "be set for compressed clusters"
+                )
+                res.corruptions += 1
+                e &= ~OFLAG_COPIED
+            start, ln = drv.cgeo.host_range(e)
+            cnt.inc(start, ln)
+            if active:
+                res.allocated_clusters += 1
+                res.compressed_clusters += 1
+                res.fragmented_clusters += 1
+        elif ct in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+            off = e & L2E_OFFSET_MASK
+            if off & (cs - 1):
+                res.messages.append(
+                    f"ERROR offset={off:x}: Cluster is not properly aligned; L2 entry corrupted."
+                )
+                res.corruptions += 1
+            if active:
+                res.allocated_clusters += 1
+                if next_contiguous and off != next_contiguous:
+                    res.fragmented_clusters += 1
+                next_contiguous = off + cs
+            cnt.inc(off, cs)
+
+
+async def _check_l1(
+    drv: Qcow2Driver,
+    cnt: _Counter,
+    res: Qcow2CheckResult,
+    l1_off: int,
+    l1_size: int,
+    active: bool,
+) -> None:
+    cnt.inc(l1_off, l1_size * 8)
+    if not l1_size:
+        return
+    try:
+        raw = await drv._pread(l1_off, l1_size * 8)
+    except OSError:
+        res.messages.append("ERROR: I/O error in check_refcounts_l1")
+        res.check_errors += 1
+        return
+    for e in struct.unpack(f">{l1_size}Q", raw):
+        l2 = e & L1E_OFFSET_MASK
+        if not l2:
+            continue
+        cnt.inc(l2, drv.cluster_size)
+        if l2 & (drv.cluster_size - 1):
+            res.messages.append(
+                f"ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
+            )
+            res.corruptions += 1
+            continue
+        if l2 + drv.cluster_size > cnt.file_len:
+            continue
+        await _check_l2(drv, cnt, res, l2, active)
+
+
+async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
+    """Check (and with repair="leaks"/"all" fix) the open image; caller holds the lock."""
+    res = Qcow2CheckResult()
+    fix_leaks = repair in ("leaks", "all")
+    fix_errors = repair == "all"
+    cs = drv.cluster_size
+    file_len = drv._f.get_length()
+    res.total_clusters = -(-drv.size // cs)
+    cnt = _Counter(drv, res, file_len)
+
+    cnt.inc(0, cs)
+    await _check_l1(drv, cnt, res, drv.l1_offset, len(drv.l1), True)
+    for sn in drv.snapshots:
+        await _check_l1(drv, cnt, res, sn.l1_table_offset, sn.l1_size, False)
+    if drv.snapshots:
+        cnt.inc(drv.header.snapshots_offset, drv.snapshots_size)
+    rc = drv.rc
+    cnt.inc(rc.table_offset, len(rc.table) * 8)
+    nb_clusters = len(cnt.refs)
+    for i, e in enumerate(rc.table):
+        off = e & REFT_OFFSET_MASK
+        if e & ~REFT_OFFSET_MASK & ((1 << 64) - 1):
+            res.messages.append(f"ERROR refcount table entry {i} has reserved bits set")
+            res.corruptions += 1
+            continue
+        if not off:
+            continue
+        if off & (cs - 1):
+            res.messages.append(
+                f"ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+            )
+            res.corruptions += 1
+            continue
+        if (off >> drv.cluster_bits) >= nb_clusters:
+            res.messages.append(f"ERROR refcount block {i} is outside image")
+            res.corruptions += 1
+            continue
+        cnt.inc(off, cs)
+        if cnt.refs[off >> drv.cluster_bits] != 1:
+            res.messages.append(
+                f"ERROR refcount block {i} refcount={cnt.refs[off >> drv.cluster_bits]}"
+            )
+            res.corruptions += 1
+
+    # Compare with the stored refcounts.
+    highest = 0
+    refs = cnt.refs
+    for i in range(len(refs)):
+        try:
+            stored = await rc.get(i)
+        except OSError as exc:
+            res.messages.append(f"Can't get refcount for cluster {i}: {exc.strerror}")
+            res.check_errors += 1
+            continue
+        want = refs[i]
+        if stored or want:
+            highest = i
+        if stored == want:
+            continue
+        fixing = (stored > want and fix_leaks) or (stored < want and fix_errors)
+        kind = "Repairing" if fixing else ("ERROR" if stored < want else "Leaked")
+        res.messages.append(f"{kind} cluster {i} refcount={stored} reference={want}")
+        if fixing:
+            try:
+                if stored < want:
+                    await rc._ensure_blocks(i, 1)
+                await rc.update(i << drv.cluster_bits, cs, want - stored)
+                rc.take_freed()
+                if stored > want:
+                    res.leaks_fixed += 1
+                else:
+                    res.corruptions_fixed += 1
+                continue
+            except OSError:
+                pass
+        if stored < want:
+            res.corruptions += 1
+        else:
+            res.leaks += 1
+
+    await _check_copied(drv, res, fix_errors)
+    res.image_end_offset = (highest + 1) * cs
+
+    if repair and res.check_errors == 0 and res.corruptions == 0 and not drv.read_only:
+        # qcow2_mark_clean + qcow2_mark_consistent
+        hdr = drv.header
+        if hdr.incompatible_features & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT):
+            await drv._f.flush()
+            hdr.incompatible_features &= ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT)
+            drv.dirty = False
+            drv.corrupt = False
+            await drv._write_incompat()
+    return res
+
+
+async def _check_copied(drv: Qcow2Driver, res: Qcow2CheckResult, fix: bool) -> None:
+    cs = drv.cluster_size
+    rc = drv.rc
+    for i, l1e in enumerate(list(drv.l1)):
+        l2 = l1e & L1E_OFFSET_MASK
+        if not l2 or l2 & (cs - 1) or l2 + cs > drv._f.get_length():
+            continue
+        refcount = await rc.get(l2 >> drv.cluster_bits)
+        if (refcount == 1) != bool(l1e & OFLAG_COPIED):
+            res.messages.append(
+                f"{'Repairing' if fix else 'ERROR'} OFLAG_COPIED L2 cluster: l1_index={i} "
+                f"l1_entry={l1e:x} refcount={refcount}"
+            )
+            if fix:
+                new = l1e | OFLAG_COPIED if refcount == 1 else l1e & ~OFLAG_COPIED
+                drv.l1[i] = new
+                await drv._pwrite(drv.l1_offset + i * 8, struct.pack(">Q", new))
+                res.corruptions_fixed += 1
+            else:
+                res.corruptions += 1
+        raw = bytearray(await drv._pread(l2, cs))
+        entries = list(struct.unpack(f">{cs // 8}Q", raw))
+        dirty = False
+        for j, e in enumerate(entries):
+            ct = cluster_type(e)
+            if ct not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+                continue
+            off = e & L2E_OFFSET_MASK
+            refcount = await rc.get(off >> drv.cluster_bits)
+            if (refcount == 1) != bool(e & OFLAG_COPIED):
+                res.messages.append(
+                    f"{'Repairing' if fix else 'ERROR'} OFLAG_COPIED data cluster: "
+                    f"l2_entry={e:x} refcount={refcount}"
+                )
+                if fix:
+                    entries[j] = e | OFLAG_COPIED if refcount == 1 else e & ~OFLAG_COPIED
+                    dirty = True
+                    res.corruptions_fixed += 1
+                else:
+                    res.corruptions += 1
+        if dirty:
+            data = struct.pack(f">{cs // 8}Q", *entries)
+            await drv._pwrite(l2, data)
+            drv.l2cache.drop_range(l2, cs)

@@ -1,0 +1,1180 @@
+"""The qcow2 format driver.
+
+All I/O goes through ``self.file`` (any protocol node).  Metadata is write-through
+(see cache.py) and written in dependency order with barriers (``file.flush``)
+between dependent steps, so that an interrupted process leaves at worst leaked
+clusters:
+
+    refcounts up -> barrier -> data -> L2 entry -> (L1 entry) ; references
+    dropped -> barrier -> refcounts down -> discard.
+
+One asyncio lock serialises metadata lookups and updates; reads and in-place
+writes of clusters that are already allocated run concurrently outside it, and
+any operation that frees clusters first waits until such in-flight data I/O has
+drained, so a host cluster is never reused while somebody still reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from blockd.drivers.base import (
+    BlockDriver,
+    BlockStatus,
+    BlockStatusFlag,
+    Limits,
+    OpenFlags,
+    register_driver,
+)
+from blockd.qmp.errors import GenericError
+
+from . import header as H
+from .cache import CacheConfig, TableCache, resolve_cache_options
+from .cluster import (
+    L1E_OFFSET_MASK,
+    L2E_OFFSET_MASK,
+    OFLAG_COMPRESSED,
+    OFLAG_COPIED,
+    OFLAG_ZERO,
+    ClusterType,
+    CompressedGeometry,
+    cluster_type,
+)
+from .compress import compress_cluster, decompress_cluster
+from .refcount import Refcounts
+from .snapshot import (
+    MAX_SNAPSHOTS,
+    SNAPSHOT_HEADER,
+    Snapshot,
+    parse_snapshots,
+    snapshot_table_bound,
+)
+
+if TYPE_CHECKING:
+    from .check import Qcow2CheckResult
+
+QCOW_MAX_REFTABLE_SIZE = 8 * 1024 * 1024
+QCOW_MAX_L1_SIZE = 32 * 1024 * 1024
+INT_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+DISCARD_REQUEST = "request"
+DISCARD_OTHER = "other"
+DISCARD_SNAPSHOT = "snapshot"
+DISCARD_NEVER = "never"
+DISCARD_ALWAYS = "always"
+
+OVERLAP_TEMPLATES = ("none", "constant", "cached", "all")
+
+
+def _eio(msg: str = "Input/output error") -> OSError:
+    return OSError(errno.EIO, msg)
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A run of guest clusters that read the same way."""
+
+    offset: int  # guest byte offset
+    length: int  # bytes
+    ctype: ClusterType
+    host: int  # host byte offset of the first byte (NORMAL/ZERO_ALLOC), else 0
+    entry: int  # the L2 entry of the first cluster (for COMPRESSED: the descriptor)
+    writable: bool  # NORMAL with OFLAG_COPIED: can be overwritten in place
+
+
+@register_driver
+class Qcow2Driver(BlockDriver):
+    """QEMU-compatible qcow2 (v2 and v3) on top of a protocol node."""
+
+    name: ClassVar[str] = "qcow2"
+    supports_backing: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header = H.Qcow2Header()
+        self.cluster_size = 65536
+        self.cluster_bits = 16
+        self.backing_file: str | None = None
+        self.backing_format: str | None = None
+        self.dirty = False
+        self.corrupt = False
+        self.read_only = True
+        self.size = 0
+        self.l1: list[int] = []
+        self.snapshots: list[Snapshot] = []
+        self.snapshots_size = 0
+        self.use_lazy_refcounts = False
+        self.discard_passthrough: dict[str, bool] = {}
+        self._lock = asyncio.Lock()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._clean_task: asyncio.Task[None] | None = None
+        self._file_len = 0
+        self._barriers = True
+        self._closed = False
+        self.cache_config: CacheConfig | None = None
+
+    # --- helpers over the file child -------------------------------------
+
+    @property
+    def _f(self) -> BlockDriver:
+        if self.file is None:
+            raise GenericError("qcow2 needs a 'file' child")
+        return self.file
+
+    async def _pread(self, offset: int, length: int) -> bytes:
+        return await self._f.read(offset, length)
+
+    async def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if self.read_only:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        if offset < self.cluster_size and not self._header_write:
+            # Overlap check "main header": never let data or tables land in cluster 0.
+            await self._signal_corruption(
+                "Preventing invalid write on metadata (overlaps with qcow2_header)"
+            )
+        await self._f.write(offset, data)
+        end = offset + len(data)
+        if end > self._file_len:
+            self._file_len = end
+
+    _header_write = False
+
+    async def _barrier(self) -> None:
+        if self._barriers:
+            await self._f.flush()
+
+    async def _signal_corruption(self, msg: str) -> None:
+        """Mark the image corrupt (QEMU's qcow2_signal_corruption, fatal case)."""
+        if not self.corrupt and not self.read_only:
+            self.corrupt = True
+            self.header.incompatible_features |= H.INCOMPAT_CORRUPT
+            await self._write_incompat()
+        self.corrupt = True
+        raise _eio(
+            f"qcow2: Marking image as corrupt: {msg}; further corruption events will be suppressed"
+        )
+
+    async def _write_incompat(self) -> None:
+        if self.header.version < 3:
+            return
+        self._header_write = True
+        try:
+            await self._f.write(
+                H.OFF_INCOMPATIBLE, struct.pack(">Q", self.header.incompatible_features)
+            )
+            await self._f.flush()
+        finally:
+            self._header_write = False
+
+    async def _write_header(self) -> None:
+        """Rewrite cluster 0 (header, extensions, backing name) in one write."""
+        buf = H.serialize_header(self.header)
+        self._header_write = True
+        try:
+            await self._f.write(0, buf)
+        finally:
+            self._header_write = False
+
+    # --- open / close ------------------------------------------------------
+
+    async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
+        self.flags = flags
+        self.read_only = flags.read_only
+        self._barriers = not flags.cache_no_flush
+        check_mode = bool(flags.extra.get("check", False))
+        f = self._f
+        self._file_len = f.get_length()
+        first = await f.read(0, H.FULL_HEADER_LENGTH)
+        hdr = H.parse_header(first, check_mode=check_mode, read_write=not self.read_only)
+        if hdr.cluster_size > len(first):
+            buf = await f.read(0, hdr.cluster_size)
+            hdr = H.parse_header(buf, check_mode=check_mode, read_write=not self.read_only)
+        self.header = hdr
+        self.cluster_bits = hdr.cluster_bits
+        self.cluster_size = hdr.cluster_size
+        self.l2_bits = self.cluster_bits - 3
+        self.l2_size = 1 << self.l2_bits
+        self.cgeo = CompressedGeometry(self.cluster_bits)
+        self.size = hdr.size
+        self.dirty = bool(hdr.incompatible_features & H.INCOMPAT_DIRTY)
+        self.corrupt = bool(hdr.incompatible_features & H.INCOMPAT_CORRUPT)
+        if hdr.incompatible_features & H.INCOMPAT_EXTL2:
+            raise GenericError("Unsupported qcow2 feature(s): extended L2 entries")
+
+        if hdr.crypt_method:
+            if hdr.crypt_method == 1:
+                raise GenericError(
+                    "Use of AES-CBC encrypted qcow2 images is no longer supported in "
+                    "system emulators"
+                )
+            raise GenericError("Parameter 'encrypt.key-secret' is required for cipher")
+
+        if hdr.refcount_table_clusters == 0 and not check_mode:
+            raise GenericError("Image does not contain a reference count table")
+        self._validate_table(
+            hdr.refcount_table_offset,
+            hdr.refcount_table_clusters,
+            self.cluster_size,
+            QCOW_MAX_REFTABLE_SIZE,
+            "Reference count table",
+        )
+        if not check_mode:
+            self._validate_table(
+                hdr.snapshots_offset,
+                hdr.nb_snapshots,
+                SNAPSHOT_HEADER.size,
+                SNAPSHOT_HEADER.size * MAX_SNAPSHOTS,
+                "Snapshot table",
+            )
+        self._validate_table(
+            hdr.l1_table_offset, hdr.l1_size, 8, QCOW_MAX_L1_SIZE, "Active L1 table"
+        )
+        shift = self.cluster_bits + self.l2_bits
+        l1_needed = -(-hdr.size // (1 << shift))
+        if l1_needed > INT_MAX:
+            raise GenericError("Image is too big")
+        if hdr.l1_size < l1_needed:
+            raise GenericError("L1 table is too small")
+        self.l1_offset = hdr.l1_table_offset
+        if hdr.l1_size:
+            raw = await f.read(hdr.l1_table_offset, hdr.l1_size * 8)
+            self.l1 = list(struct.unpack(f">{hdr.l1_size}Q", raw))
+        else:
+            self.l1 = []
+
+        self._apply_options(options, flags)
+
+        rt_entries = (hdr.refcount_table_clusters * self.cluster_size) // 8
+        raw = await f.read(hdr.refcount_table_offset, rt_entries * 8) if rt_entries else b""
+        table = list(struct.unpack(f">{rt_entries}Q", raw))
+        assert self.cache_config is not None
+        self.rc = Refcounts(
+            read=self._pread,
+            write=self._pwrite,
+            barrier=self._barrier,
+            update_reftable_location=self._set_reftable_location,
+            cluster_bits=self.cluster_bits,
+            refcount_order=hdr.refcount_order,
+            table_offset=hdr.refcount_table_offset,
+            table=table,
+            cache_entries=self.cache_config.refcount_cache_entries,
+        )
+        self.l2cache = TableCache(
+            self.cache_config.l2_cache_entries, self.cache_config.l2_cache_entry_size, self._pread
+        )
+        self.slice_entries = self.cache_config.l2_cache_entry_size // 8
+        self.free_byte_offset = 0
+
+        if hdr.incompatible_features & H.INCOMPAT_DATA_FILE:
+            raise GenericError("'data-file' is required for this image")
+        if hdr.autoclear_features & H.AUTOCLEAR_DATA_FILE_RAW:
+            raise GenericError("data-file-raw requires a data file")
+
+        self.backing_file = hdr.backing_file
+        self.backing_format = hdr.backing_format
+
+        if not check_mode:
+            self.snapshots = []
+            if hdr.nb_snapshots:
+                raw = await f.read(hdr.snapshots_offset, snapshot_table_bound(hdr.nb_snapshots))
+                self.snapshots, self.snapshots_size = parse_snapshots(raw, hdr.nb_snapshots)
+        else:
+            self.snapshots = []
+
+        update = False
+        if hdr.autoclear_features & ~H.AUTOCLEAR_MASK and not self.read_only:
+            hdr.autoclear_features &= H.AUTOCLEAR_MASK
+            update = True
+        if hdr.autoclear_features & H.AUTOCLEAR_BITMAPS and not self.read_only:
+            # blockd does not maintain persistent bitmaps: clear the autoclear bit so
+            # QEMU knows they went stale (the purpose of autoclear bits).
+            hdr.autoclear_features &= ~H.AUTOCLEAR_BITMAPS
+            update = True
+        if update:
+            await self._write_header()
+            await self._f.flush()
+
+        if not check_mode and not self.read_only and self.dirty:
+            from .check import check_image
+
+            res = await check_image(self, "all")
+            if res.check_errors:
+                raise GenericError("Could not repair dirty image: Input/output error")
+        if self.cache_config.cache_clean_interval > 0:
+            self._clean_task = asyncio.get_running_loop().create_task(
+                self._cache_cleaner(self.cache_config.cache_clean_interval)
+            )
+
+    def _validate_table(
+        self, offset: int, entries: int, entry_len: int, max_bytes: int, name: str
+    ) -> None:
+        if entries > max_bytes // entry_len:
+            raise GenericError(f"{name} too large")
+        if INT64_MAX - entries * entry_len < offset or offset & (self.cluster_size - 1):
+            raise GenericError(f"{name} offset invalid")
+
+    def _apply_options(self, options: dict[str, Any], flags: OpenFlags) -> None:
+        """Runtime options (qcow2_update_options_prepare) with QEMU's errors."""
+        self.cache_config = resolve_cache_options(options, self.cluster_size, self.size)
+        lazy = options.get("lazy-refcounts")
+        use_lazy = (
+            bool(self.header.compatible_features & H.COMPAT_LAZY_REFCOUNTS)
+            if lazy is None
+            else bool(lazy)
+        )
+        if use_lazy and self.header.version < 3:
+            raise GenericError(
+                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
+            )
+        self.use_lazy_refcounts = use_lazy
+        ov = options.get("overlap-check")
+        if isinstance(ov, dict):
+            ov = ov.get("template")
+        tmpl = options.get("overlap-check.template")
+        if ov is not None and tmpl is not None and ov != tmpl:
+            raise GenericError(
+                "Conflicting values for qcow2 options 'overlap-check' "
+                f"('{ov}') and 'overlap-check.template' ('{tmpl}')"
+            )
+        ov = ov if ov is not None else tmpl
+        if ov is not None and ov not in OVERLAP_TEMPLATES:
+            raise GenericError(
+                f"Unsupported value '{ov}' for qcow2 option 'overlap-check'. "
+                "Allowed are any of the following: none, constant, cached, all"
+            )
+        enc = options.get("encrypt")
+        if isinstance(enc, dict) and enc.get("format") and not self.header.crypt_method:
+            raise GenericError(
+                f"No encryption in image header, but options specified format '{enc['format']}'"
+            )
+
+        def opt(key: str, default: bool) -> bool:
+            val = options.get(key)
+            return default if val is None else bool(val)
+
+        self.discard_passthrough = {
+            DISCARD_NEVER: False,
+            DISCARD_ALWAYS: True,
+            DISCARD_REQUEST: opt("pass-discard-request", flags.discard_unmap),
+            DISCARD_SNAPSHOT: opt("pass-discard-snapshot", True),
+            DISCARD_OTHER: opt("pass-discard-other", False),
+        }
+
+    async def reopen(self, options: dict[str, Any], flags: OpenFlags) -> None:
+        """Apply changed runtime options (cache sizes, discard, lazy refcounts)."""
+        async with self._lock:
+            old = self.cache_config
+            self._apply_options(options, flags)
+            cfg = self.cache_config
+            assert cfg is not None
+            if old != cfg:
+                self.l2cache = TableCache(
+                    cfg.l2_cache_entries, cfg.l2_cache_entry_size, self._pread
+                )
+                self.slice_entries = cfg.l2_cache_entry_size // 8
+                self.rc.cache = TableCache(
+                    cfg.refcount_cache_entries, self.cluster_size, self._pread
+                )
+                if self._clean_task is not None:
+                    self._clean_task.cancel()
+                    self._clean_task = None
+                if cfg.cache_clean_interval > 0:
+                    self._clean_task = asyncio.get_running_loop().create_task(
+                        self._cache_cleaner(cfg.cache_clean_interval)
+                    )
+            if flags.read_only and not self.read_only:
+                await self._f.flush()
+                await self._mark_clean()
+            self.flags = flags
+            self.read_only = flags.read_only
+            self._barriers = not flags.cache_no_flush
+
+    async def _cache_cleaner(self, interval: int) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.l2cache.clean_unused()
+            self.rc.cache.clean_unused()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._clean_task is not None:
+            self._clean_task.cancel()
+            self._clean_task = None
+        if not self.read_only and self.file is not None:
+            async with self._lock:
+                await self._drain()
+                await self._f.flush()
+                await self._mark_clean()
+
+    async def _mark_dirty(self) -> None:
+        if self.header.version < 3 or self.header.incompatible_features & H.INCOMPAT_DIRTY:
+            return
+        self.header.incompatible_features |= H.INCOMPAT_DIRTY
+        self.dirty = True
+        await self._write_incompat()
+
+    async def _mark_clean(self) -> None:
+        if self.header.incompatible_features & H.INCOMPAT_DIRTY:
+            self.header.incompatible_features &= ~H.INCOMPAT_DIRTY
+            self.dirty = False
+            await self._f.flush()
+            await self._write_incompat()
+
+    async def _set_reftable_location(self, offset: int, clusters: int) -> None:
+        self.header.refcount_table_offset = offset
+        self.header.refcount_table_clusters = clusters
+        self._header_write = True
+        try:
+            await self._f.write(H.OFF_REFCOUNT_TABLE_OFFSET, struct.pack(">QI", offset, clusters))
+        finally:
+            self._header_write = False
+
+    # --- in-flight data I/O tracking --------------------------------------
+
+    def _io_begin(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _io_end(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    async def _drain(self) -> None:
+        """Wait (holding the lock) until no data I/O outside the lock is running."""
+        while self._inflight:
+            await self._idle.wait()
+
+    # --- L2 access ---------------------------------------------------------
+
+    def _split(self, offset: int) -> tuple[int, int]:
+        """(L1 index, L2 index) of a guest offset."""
+        cluster = offset >> self.cluster_bits
+        return cluster >> self.l2_bits, cluster & (self.l2_size - 1)
+
+    async def _check_host_range(self, host: int, length: int, what: str) -> None:
+        if host + length > self._file_len:
+            self._file_len = self._f.get_length()
+            if host + length > self._file_len:
+                raise _eio(
+                    f"qcow2: {what} at offset {host:#x} lies beyond the end of the image file"
+                )
+
+    async def _l2_slice(self, l2_off: int, l2_index: int) -> tuple[bytearray, int, int]:
+        """The cached slice holding entry l2_index; (slice, first index, host offset)."""
+        first = l2_index - l2_index % self.slice_entries
+        host = l2_off + first * 8
+        return await self.l2cache.get(host), first, host
+
+    async def _entries(self, offset: int, count: int) -> tuple[list[int], int]:
+        """L2 entries of up to count clusters from offset, within one L2 slice.
+
+        Returns (entries, l2 table offset or 0).
+        """
+        l1_idx, l2_idx = self._split(offset)
+        n = min(count, self.slice_entries - l2_idx % self.slice_entries)
+        if l1_idx >= len(self.l1):
+            return [0] * n, 0
+        l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
+        if not l2_off:
+            return [0] * n, 0
+        if l2_off & (self.cluster_size - 1):
+            await self._signal_corruption(
+                f"L2 table offset {l2_off:#x} unaligned (L1 index: {l1_idx:#x})"
+            )
+        await self._check_host_range(l2_off, self.cluster_size, "L2 table")
+        slc, first, _ = await self._l2_slice(l2_off, l2_idx)
+        i = l2_idx - first
+        return list(struct.unpack_from(f">{n}Q", slc, i * 8)), l2_off
+
+    async def _map(self, offset: int, length: int) -> list[Extent]:
+        """Classify [offset, offset+length) into extents (caller holds the lock)."""
+        cs = self.cluster_size
+        out: list[Extent] = []
+        pos = offset
+        end = offset + length
+        while pos < end:
+            first_cluster = pos >> self.cluster_bits
+            nclusters = ((end - 1) >> self.cluster_bits) - first_cluster + 1
+            entries, l2_off = await self._entries(pos, nclusters)
+            for i, e in enumerate(entries):
+                cstart = (first_cluster + i) << self.cluster_bits
+                s = max(cstart, pos)
+                t = min(cstart + cs, end)
+                ct = cluster_type(e)
+                host = 0
+                if ct in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+                    base = e & L2E_OFFSET_MASK
+                    if base & (cs - 1):
+                        l2i = (first_cluster + i) & (self.l2_size - 1)
+                        await self._signal_corruption(
+                            f"Cluster allocation offset {base:#x} unaligned "
+                            f"(L2 offset: {l2_off:#x}, L2 index: {l2i:#x})"
+                        )
+                    host = base + (s - cstart)
+                writable = ct == ClusterType.NORMAL and bool(e & OFLAG_COPIED)
+                if out:
+                    p = out[-1]
+                    if (
+                        p.ctype == ct
+                        and ct != ClusterType.COMPRESSED
+                        and p.writable == writable
+                        and p.offset + p.length == s
+                        and (
+                            ct not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC)
+                            or p.host + p.length == host
+                        )
+                    ):
+                        out[-1] = Extent(p.offset, p.length + t - s, ct, p.host, p.entry, writable)
+                        continue
+                out.append(Extent(s, t - s, ct, host, e, writable))
+            pos = min(end, (first_cluster + len(entries)) << self.cluster_bits)
+        for ext in out:
+            if ext.ctype == ClusterType.NORMAL:
+                await self._check_host_range(ext.host, ext.length, "Data cluster")
+        return out
+
+    # --- reads ---------------------------------------------------------------
+
+    async def _read_backing(self, offset: int, length: int) -> bytes:
+        b = self.backing
+        if b is None:
+            return bytes(length)
+        blen = b.get_length()
+        if offset >= blen:
+            return bytes(length)
+        n = min(length, blen - offset)
+        data = await b.read(offset, n)
+        if n < length:
+            data += bytes(length - n)
+        return data
+
+    async def _read_compressed(self, entry: int) -> bytes:
+        host, clen = self.cgeo.decode(entry)
+        raw = await self._pread(host, clen)
+        return decompress_cluster(raw, self.cluster_size)
+
+    async def _read_extent(self, ext: Extent) -> bytes:
+        if ext.ctype == ClusterType.NORMAL:
+            return await self._pread(ext.host, ext.length)
+        if ext.ctype == ClusterType.COMPRESSED:
+            data = await self._read_compressed(ext.entry)
+            skip = ext.offset & (self.cluster_size - 1)
+            return data[skip : skip + ext.length]
+        if ext.ctype == ClusterType.UNALLOCATED:
+            return await self._read_backing(ext.offset, ext.length)
+        return bytes(ext.length)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        if offset + length > self.size:
+            if offset >= self.size:
+                return bytes(length)
+            return await self.read(offset, self.size - offset) + bytes(offset + length - self.size)
+        async with self._lock:
+            extents = await self._map(offset, length)
+            self._io_begin()
+        try:
+            if len(extents) == 1:
+                return await self._read_extent(extents[0])
+            parts = await asyncio.gather(*(self._read_extent(e) for e in extents))
+            return b"".join(parts)
+        finally:
+            self._io_end()
+
+    # --- allocation helpers ------------------------------------------------
+
+    async def _alloc(self, count: int) -> int:
+        if self.use_lazy_refcounts:
+            await self._mark_dirty()
+        off = await self.rc.alloc_clusters(count)
+        self._rc_dirty = True
+        return off
+
+    _rc_dirty = False
+
+    async def _dependency_barrier(self) -> None:
+        """Refcount updates must be stable before tables reference the clusters."""
+        if self._rc_dirty:
+            self._rc_dirty = False
+            await self._barrier()
+
+    async def _writable_l2(self, l1_idx: int) -> int:
+        """Offset of an L2 table this image alone owns, allocating/COWing as needed."""
+        if l1_idx >= len(self.l1):
+            raise _eio("qcow2: L1 index out of range")
+        l1e = self.l1[l1_idx]
+        old = l1e & L1E_OFFSET_MASK
+        if old and l1e & OFLAG_COPIED:
+            return old
+        new = await self._alloc(1)
+        if old:
+            await self._check_host_range(old, self.cluster_size, "L2 table")
+            content = bytearray(await self._pread(old, self.cluster_size))
+        else:
+            content = bytearray(self.cluster_size)
+        await self._pwrite(new, content)
+        es = self.l2cache.entry_size
+        for i in range(0, self.cluster_size, es):
+            self.l2cache.put(new + i, content[i : i + es])
+        # One barrier covers both the refcount and the table content.
+        self._rc_dirty = False
+        await self._barrier()
+        self.l1[l1_idx] = new | OFLAG_COPIED
+        await self._pwrite(self.l1_offset + l1_idx * 8, struct.pack(">Q", self.l1[l1_idx]))
+        if old:
+            self.l2cache.drop_range(old, self.cluster_size)
+            await self._barrier()
+            await self._free(old, self.cluster_size, DISCARD_OTHER)
+        return new
+
+    async def _set_entries(self, offset: int, entries: list[int]) -> None:
+        """Write L2 entries for consecutive clusters from offset (one slice)."""
+        l1_idx, l2_idx = self._split(offset)
+        l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
+        slc, first, host = await self._l2_slice(l2_off, l2_idx)
+        i = l2_idx - first
+        struct.pack_into(f">{len(entries)}Q", slc, i * 8, *entries)
+        await self._pwrite(host + i * 8, bytes(slc[i * 8 : (i + len(entries)) * 8]))
+
+    async def _free(self, host: int, length: int, kind: str) -> None:
+        """Drop one reference on the clusters of [host, host+length)."""
+        await self._drain()
+        if self.use_lazy_refcounts:
+            await self._mark_dirty()
+        await self.rc.update(host, length, -1)
+        freed = self.rc.take_freed()
+        cs = self.cluster_size
+        for off, ln in freed:
+            if self.free_byte_offset and off <= self.free_byte_offset - 1 < off + ln:
+                self.free_byte_offset = 0
+            self.l2cache.drop_range(off, ln)
+        if self.discard_passthrough.get(kind):
+            for off, ln in freed:
+                try:
+                    await self._f.discard(off, ln)
+                except OSError:
+                    pass
+        del cs
+
+    async def _free_entry(self, entry: int, kind: str) -> None:
+        ct = cluster_type(entry)
+        if ct == ClusterType.COMPRESSED:
+            start, ln = self.cgeo.host_range(entry)
+            await self._free(start, ln, kind)
+        elif ct in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+            await self._free(entry & L2E_OFFSET_MASK, self.cluster_size, kind)
+
+    # --- writes --------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise OSError(errno.EACCES, "Permission denied")
+        if self.corrupt:
+            raise _eio()
+
+    async def write(
+        self,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        compressed: bool = False,
+        fua: bool = False,
+    ) -> None:
+        self._check_writable()
+        mv = memoryview(data).cast("B")
+        if not len(mv):
+            return
+        if offset < 0 or offset + len(mv) > self.size:
+            raise _eio()
+        if compressed:
+            await self._write_compressed(offset, mv)
+        else:
+            await self._write_data(offset, mv)
+        if fua:
+            await self._f.flush()
+
+    async def _write_data(self, offset: int, mv: memoryview) -> None:
+        cs = self.cluster_size
+        end = offset + len(mv)
+        pos = offset
+        while pos < end:
+            async with self._lock:
+                extents = await self._map(pos, end - pos)
+                head = extents[0]
+                if head.writable:
+                    # Allocated, owned clusters: overwrite in place outside the lock.
+                    run = head.length
+                    self._io_begin()
+                else:
+                    # Everything up to the next in-place cluster (or the slice end,
+                    # which _map already limits to) needs allocation.
+                    run = 0
+                    for ext in extents:
+                        if ext.writable:
+                            break
+                        run += ext.length
+                    _, l2_idx = self._split(pos)
+                    room = (self.slice_entries - l2_idx % self.slice_entries) * cs - (
+                        pos & (cs - 1)
+                    )
+                    run = min(run, room)
+                    await self._allocating_write(pos, mv[pos - offset : pos - offset + run])
+                    pos += run
+                    continue
+            try:
+                await self._f.write(head.host, mv[pos - offset : pos - offset + run])
+                if head.host + run > self._file_len:
+                    self._file_len = head.host + run
+            finally:
+                self._io_end()
+            pos += run
+
+    async def _old_cluster(self, cstart: int, entry: int) -> bytes:
+        """Current guest content of the cluster at cstart (for copy-on-write)."""
+        ct = cluster_type(entry)
+        if ct == ClusterType.NORMAL:
+            return await self._pread(entry & L2E_OFFSET_MASK, self.cluster_size)
+        if ct == ClusterType.COMPRESSED:
+            return await self._read_compressed(entry)
+        if ct == ClusterType.UNALLOCATED:
+            return await self._read_backing(cstart, self.cluster_size)
+        return bytes(self.cluster_size)
+
+    async def _allocating_write(self, offset: int, data: memoryview) -> None:
+        """Write into clusters that need new host clusters (caller holds the lock).
+
+        [offset, offset+len) lies within one L2 slice.  Partial first/last
+        clusters are completed from their old content (backing, compressed,
+        shared or zero), the whole run goes to freshly allocated contiguous
+        clusters in one write, then the L2 entries are switched, then the old
+        clusters lose their reference.
+        """
+        cs = self.cluster_size
+        end = offset + len(data)
+        c0 = offset >> self.cluster_bits
+        c1 = (end - 1) >> self.cluster_bits
+        n = c1 - c0 + 1
+        l1_idx, _ = self._split(offset)
+        await self._writable_l2(l1_idx)
+        old, _ = await self._entries(offset, n)
+        host = await self._alloc(n)
+        buf = bytearray(n * cs)
+        head = offset - (c0 << self.cluster_bits)
+        tail = ((c1 + 1) << self.cluster_bits) - end
+        if head:
+            buf[:cs] = await self._old_cluster(c0 << self.cluster_bits, old[0])
+        if tail and (n > 1 or not head):
+            buf[(n - 1) * cs :] = await self._old_cluster(c1 << self.cluster_bits, old[-1])
+        buf[head : head + len(data)] = data
+        await self._pwrite(host, buf)
+        await self._dependency_barrier()
+        await self._set_entries(
+            offset & ~(cs - 1), [(host + i * cs) | OFLAG_COPIED for i in range(n)]
+        )
+        to_free = [
+            e
+            for e in old
+            if cluster_type(e)
+            in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC, ClusterType.COMPRESSED)
+        ]
+        if to_free:
+            await self._barrier()
+            for e in to_free:
+                await self._free_entry(e, DISCARD_OTHER)
+
+    async def _write_compressed(self, offset: int, mv: memoryview) -> None:
+        cs = self.cluster_size
+        if offset & (cs - 1):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        pos = 0
+        while pos < len(mv):
+            chunk = mv[pos : pos + cs]
+            guest = offset + pos
+            if len(chunk) != cs and guest + len(chunk) != self.size:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            plain = bytes(chunk) + bytes(cs - len(chunk))
+            packed = compress_cluster(plain, cs)
+            if packed is None:
+                await self._write_data(guest, chunk)
+                pos += cs
+                continue
+            async with self._lock:
+                l1_idx, _ = self._split(guest)
+                await self._writable_l2(l1_idx)
+                (entry,), _ = await self._entries(guest, 1)
+                if entry & ~OFLAG_ZERO & ~OFLAG_COPIED or entry & L2E_OFFSET_MASK:
+                    raise _eio()
+                host = await self._alloc_bytes(len(packed))
+                await self._pwrite(host, packed)
+                await self._dependency_barrier()
+                await self._set_entries(guest, [self.cgeo.encode(host, len(packed))])
+            pos += cs
+
+    async def _alloc_bytes(self, size: int) -> int:
+        """Sub-cluster allocation for compressed data (qcow2_alloc_bytes)."""
+        cs = self.cluster_size
+        off = self.free_byte_offset
+        if off:
+            rc = await self.rc.get(off >> self.cluster_bits)
+            if rc == 0 or rc >= self.rc.max_refcount or cs - (off & (cs - 1)) < size:
+                off = 0
+        if off:
+            if self.use_lazy_refcounts:
+                await self._mark_dirty()
+            await self.rc.update(off, size, 1)
+            self._rc_dirty = True
+        else:
+            off = await self._alloc(-(-size // cs))
+        self.free_byte_offset = off + size
+        if not self.free_byte_offset & (cs - 1):
+            self.free_byte_offset = 0
+        return off
+
+    # --- zeroes / discard ------------------------------------------------------
+
+    async def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
+        self._check_writable()
+        if length <= 0:
+            return
+        cs = self.cluster_size
+        end = min(offset + length, self.size) if offset < self.size else offset + length
+        a = -(-offset // cs) * cs
+        b = end if end == self.size else end & ~(cs - 1)
+        if self.header.version < 3 or a >= b:
+            await self._write_zero_bytes(offset, end - offset)
+            return
+        if offset < a:
+            await self._write_zero_bytes(offset, a - offset)
+        await self._zeroize(a, b - a, may_unmap)
+        if b < end:
+            await self._write_zero_bytes(b, end - b)
+
+    async def _write_zero_bytes(self, offset: int, length: int) -> None:
+        chunk = 1 << 22
+        zero = bytes(min(chunk, length))
+        pos = 0
+        while pos < length:
+            n = min(chunk, length - pos)
+            await self._write_data(offset + pos, memoryview(zero)[:n])
+            pos += n
+
+    async def _zeroize(self, offset: int, length: int, may_unmap: bool) -> None:
+        cs = self.cluster_size
+        pos = offset
+        end = offset + length
+        while pos < end:
+            async with self._lock:
+                n = -(-(end - pos) // cs)
+                old, _ = await self._entries(pos, n)
+                if all(
+                    (e & OFLAG_ZERO and not (e & L2E_OFFSET_MASK and may_unmap))
+                    and not e & OFLAG_COMPRESSED
+                    for e in old
+                ):
+                    pos += len(old) * cs
+                    continue
+                l1_idx, _ = self._split(pos)
+                await self._writable_l2(l1_idx)
+                old, _ = await self._entries(pos, n)
+                new: list[int] = []
+                frees: list[int] = []
+                for e in old:
+                    ct = cluster_type(e)
+                    unmap = ct == ClusterType.COMPRESSED or (
+                        may_unmap and ct in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC)
+                    )
+                    ne = (0 if unmap else e) | OFLAG_ZERO
+                    new.append(ne)
+                    if unmap:
+                        frees.append(e)
+                await self._dependency_barrier()
+                await self._set_entries(pos, new)
+                if frees:
+                    await self._barrier()
+                    for e in frees:
+                        await self._free_entry(e, DISCARD_REQUEST)
+                pos += len(old) * cs
+
+    async def discard(self, offset: int, length: int) -> None:
+        self._check_writable()
+        cs = self.cluster_size
+        end = min(offset + length, self.size)
+        a = -(-offset // cs) * cs
+        b = end if end == self.size else end & ~(cs - 1)
+        pos = a
+        while pos < b:
+            async with self._lock:
+                n = -(-(b - pos) // cs)
+                old, l2_off = await self._entries(pos, n)
+                step = len(old) * cs
+                if not l2_off:
+                    pos += step
+                    continue
+                new: list[int] = []
+                frees: list[int] = []
+                for e in old:
+                    ct = cluster_type(e)
+                    allocated = ct in (
+                        ClusterType.NORMAL,
+                        ClusterType.ZERO_ALLOC,
+                        ClusterType.COMPRESSED,
+                    )
+                    if self.backing is not None or allocated:
+                        ne = OFLAG_ZERO if self.header.version >= 3 else 0
+                    else:
+                        ne = e
+                    new.append(ne)
+                    if allocated and ne != e:
+                        frees.append(e)
+                if new == old:
+                    pos += step
+                    continue
+                l1_idx, _ = self._split(pos)
+                await self._writable_l2(l1_idx)
+                await self._dependency_barrier()
+                await self._set_entries(pos, new)
+                if frees:
+                    await self._barrier()
+                    for e in frees:
+                        await self._free_entry(e, DISCARD_REQUEST)
+                pos += step
+
+    async def flush(self) -> None:
+        if self.file is not None and not self.read_only:
+            await self._f.flush()
+
+    # --- resize ----------------------------------------------------------------
+
+    async def truncate(
+        self, length: int, *, preallocation: str = "off", exact: bool = False
+    ) -> None:
+        if preallocation not in ("off", "metadata", "falloc", "full"):
+            raise GenericError(f"Unsupported preallocation mode '{preallocation}'")
+        if length & 511:
+            raise GenericError("The new size must be a multiple of 512")
+        async with self._lock:
+            if self.read_only:
+                raise GenericError("Image is read-only")
+            if self.snapshots and length != self.size:
+                raise GenericError("Can't resize an image which has snapshots")
+            if length < self.size:
+                if preallocation != "off":
+                    raise GenericError("Preallocation can't be used for shrinking an image")
+                await self._shrink(length)
+                return
+            old_size = self.size
+            await self._grow_l1(length)
+            self.header.size = length
+            self.size = length
+            await self._barrier()
+            await self._write_header_fields()
+            await self._barrier()
+        if preallocation != "off" and length > old_size:
+            await self.preallocate(old_size, length, preallocation)
+
+    async def _write_header_fields(self) -> None:
+        """Rewrite the header cluster (size/L1 fields changed)."""
+        await self._write_header()
+
+    async def _grow_l1(self, size: int) -> None:
+        shift = self.cluster_bits + self.l2_bits
+        needed = -(-size // (1 << shift))
+        if needed <= len(self.l1):
+            return
+        if needed * 8 > QCOW_MAX_L1_SIZE:
+            raise GenericError("File too large")
+        new_size = needed
+        new_l1 = self.l1 + [0] * (new_size - len(self.l1))
+        raw = struct.pack(f">{new_size}Q", *new_l1)
+        nclusters = -(-len(raw) // self.cluster_size)
+        new_off = await self._alloc(nclusters)
+        await self._pwrite(new_off, raw)
+        await self._dependency_barrier()
+        await self._barrier()
+        old_off, old_len = self.l1_offset, len(self.l1) * 8
+        self.header.l1_table_offset = new_off
+        self.header.l1_size = new_size
+        self._header_write = True
+        try:
+            await self._f.write(H.OFF_L1_SIZE, struct.pack(">IQ", new_size, new_off))
+        finally:
+            self._header_write = False
+        self.l1 = new_l1
+        self.l1_offset = new_off
+        if old_len:
+            await self._barrier()
+            await self._free(old_off, old_len, DISCARD_OTHER)
+
+    async def _shrink(self, length: int) -> None:
+        cs = self.cluster_size
+        start = -(-length // cs) * cs
+        # Free whole clusters past the new end, then whole L2 tables past it.
+        pos = start
+        while pos < self.size:
+            old, l2_off = await self._entries(pos, -(-(self.size - pos) // cs))
+            if l2_off and any(old):
+                l1_idx, _ = self._split(pos)
+                await self._writable_l2(l1_idx)
+                await self._set_entries(pos, [0] * len(old))
+                await self._barrier()
+                for e in old:
+                    await self._free_entry(e, DISCARD_ALWAYS)
+            pos += len(old) * cs
+        shift = self.cluster_bits + self.l2_bits
+        keep = -(-length // (1 << shift))
+        for i in range(keep, len(self.l1)):
+            l2 = self.l1[i] & L1E_OFFSET_MASK
+            if l2:
+                self.l1[i] = 0
+                await self._pwrite(self.l1_offset + i * 8, bytes(8))
+                self.l2cache.drop_range(l2, cs)
+                await self._barrier()
+                await self._free(l2, cs, DISCARD_ALWAYS)
+        self.header.size = length
+        self.size = length
+        await self._barrier()
+        await self._write_header_fields()
+
+    async def preallocate(self, start: int, end: int, mode: str) -> None:
+        """Allocate L2 tables and data clusters for [start, end) (metadata/falloc/full)."""
+        cs = self.cluster_size
+        pos = start & ~(cs - 1)
+        while pos < end:
+            async with self._lock:
+                l1_idx, l2_idx = self._split(pos)
+                await self._writable_l2(l1_idx)
+                n = min(-(-(end - pos) // cs), self.slice_entries - l2_idx % self.slice_entries)
+                old, _ = await self._entries(pos, n)
+                todo = [
+                    i
+                    for i, e in enumerate(old)
+                    if cluster_type(e) in (ClusterType.UNALLOCATED, ClusterType.ZERO_PLAIN)
+                ]
+                if todo:
+                    i0 = todo[0]
+                    cnt = len(old) - i0
+                    host = await self._alloc(cnt)
+                    if mode == "full":
+                        await self._pwrite(host, bytes(cnt * cs))
+                    elif host + cnt * cs > self._f.get_length():
+                        await self._f.truncate(
+                            host + cnt * cs,
+                            preallocation="falloc" if mode == "falloc" else "off",
+                        )
+                        self._file_len = host + cnt * cs
+                    await self._dependency_barrier()
+                    new = list(old)
+                    for k in range(i0, len(old)):
+                        if cluster_type(old[k]) in (
+                            ClusterType.UNALLOCATED,
+                            ClusterType.ZERO_PLAIN,
+                        ):
+                            new[k] = (host + (k - i0) * cs) | OFLAG_COPIED
+                    await self._set_entries(pos, new)
+                    # Clusters of the run that were already allocated stay unused.
+                    unused = [k for k in range(i0, len(old)) if new[k] == old[k]]
+                    if unused:
+                        await self._barrier()
+                        for k in unused:
+                            await self._free(host + (k - i0) * cs, cs, DISCARD_OTHER)
+                pos += n * cs
+
+    # --- status ----------------------------------------------------------------
+
+    async def block_status(self, offset: int, length: int) -> BlockStatus:
+        if offset >= self.size:
+            return BlockStatus(BlockStatusFlag(0), 0)
+        length = min(length, self.size - offset)
+        async with self._lock:
+            cs = self.cluster_size
+            _, l2_idx = self._split(offset)
+            room = (self.slice_entries - l2_idx % self.slice_entries) * cs - (offset & (cs - 1))
+            ext = (await self._map(offset, min(length, room)))[0]
+        F = BlockStatusFlag
+        if ext.ctype == ClusterType.NORMAL:
+            return BlockStatus(F.DATA | F.ALLOCATED, ext.length, ext.host)
+        if ext.ctype == ClusterType.COMPRESSED:
+            return BlockStatus(F.DATA | F.ALLOCATED, ext.length, None)
+        if ext.ctype == ClusterType.ZERO_ALLOC:
+            return BlockStatus(F.ZERO | F.ALLOCATED, ext.length, ext.host)
+        if ext.ctype == ClusterType.ZERO_PLAIN:
+            return BlockStatus(F.ZERO | F.ALLOCATED, ext.length, None)
+        if self.backing is None or offset >= self.backing.get_length():
+            return BlockStatus(F.ZERO, ext.length, None)
+        return BlockStatus(F(0), ext.length, None)
+
+    def get_length(self) -> int:
+        return self.size
+
+    def refresh_limits(self) -> Limits:
+        base = self.file.refresh_limits() if self.file is not None else Limits()
+        return Limits(
+            request_alignment=1,
+            max_transfer=0,
+            opt_transfer=base.opt_transfer,
+            pdiscard_alignment=self.cluster_size,
+            pwrite_zeroes_alignment=self.cluster_size,
+        )
+
+    def format_specific_info(self) -> dict[str, Any] | None:
+        h = self.header
+        info: dict[str, Any] = {
+            "compat": "1.1" if h.version >= 3 else "0.10",
+            "compression-type": "zlib",
+        }
+        if h.version >= 3:
+            info["lazy-refcounts"] = bool(h.compatible_features & H.COMPAT_LAZY_REFCOUNTS)
+        info["refcount-bits"] = h.refcount_bits
+        if h.version >= 3:
+            info["corrupt"] = bool(h.incompatible_features & H.INCOMPAT_CORRUPT)
+            info["extended-l2"] = bool(h.incompatible_features & H.INCOMPAT_EXTL2)
+        return info
+
+    # --- backing file ----------------------------------------------------------
+
+    async def change_backing_file(self, backing_file: str | None, backing_fmt: str | None) -> None:
+        """Rewrite the backing file name and format in the header (one cluster write)."""
+        if backing_file is not None and len(backing_file.encode()) > H.MAX_BACKING_NAME:
+            raise GenericError("Backing file name too long")
+        if backing_fmt and not backing_file:
+            raise GenericError("Cannot set backing format without a backing file")
+        if backing_fmt is not None and len(backing_fmt) > H.MAX_BACKING_FORMAT:
+            raise GenericError("Backing format name too long")
+        async with self._lock:
+            if self.read_only:
+                raise GenericError("Image is read-only")
+            new = H.Qcow2Header(**{**self.header.__dict__})
+            new.backing_file = backing_file or None
+            new.backing_format = backing_fmt or None if backing_file else None
+            # Validate the layout first: a header that does not fit changes nothing.
+            H.serialize_header(new)
+            await self._f.flush()
+            self.header = new
+            await self._write_header()
+            await self._f.flush()
+            self.backing_file = new.backing_file
+            self.backing_format = new.backing_format
+
+    # --- check -----------------------------------------------------------------
+
+    async def check(self, repair: str | None = None) -> Qcow2CheckResult:
+        """Consistency check like ``qemu-img check`` (repair None, "leaks", "all")."""
+        from .check import check_image
+
+        async with self._lock:
+            await self._drain()
+            return await check_image(self, repair)
+
+
+__all__ = ["Extent", "Qcow2Driver"]

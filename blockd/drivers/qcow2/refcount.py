@@ -1,0 +1,269 @@
+"""Reference counting: the refcount table, refcount blocks, cluster allocation.
+
+Ordering rules (what keeps a crashed image free of corruption):
+- a new refcount block is written before the refcount table entry naming it;
+- a grown refcount table is complete on disk before the header points to it;
+- refcounts are raised before any table references the clusters (the callers
+  link L2/L1 only after ``alloc_clusters`` returned), and lowered only after the
+  last reference is gone from disk.
+A crash between these steps leaves leaked clusters at worst.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Awaitable, Callable
+
+from .cache import TableCache
+
+REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
+
+
+def get_entry(block: bytes | bytearray, index: int, order: int) -> int:
+    """Refcount number ``index`` of a refcount block with 2^order-bit entries."""
+    if order == 4:
+        return (block[2 * index] << 8) | block[2 * index + 1]
+    if order >= 3:
+        width = 1 << (order - 3)
+        return int.from_bytes(block[index * width : (index + 1) * width], "big")
+    bits = 1 << order
+    per_byte = 8 // bits
+    shift = (index % per_byte) * bits
+    return (block[index // per_byte] >> shift) & ((1 << bits) - 1)
+
+
+def set_entry(block: bytearray, index: int, order: int, value: int) -> tuple[int, int]:
+    """Store a refcount; returns the modified byte range (start, end)."""
+    if order >= 3:
+        width = 1 << (order - 3)
+        block[index * width : (index + 1) * width] = value.to_bytes(width, "big")
+        return index * width, (index + 1) * width
+    bits = 1 << order
+    per_byte = 8 // bits
+    shift = (index % per_byte) * bits
+    mask = ((1 << bits) - 1) << shift
+    pos = index // per_byte
+    block[pos] = (block[pos] & ~mask) | ((value << shift) & mask)
+    return pos, pos + 1
+
+
+class RefcountError(OSError):
+    """A refcount update that QEMU refuses (overflow or underflow: -ERANGE/-EINVAL)."""
+
+
+Reader = Callable[[int, int], Awaitable[bytes]]
+Writer = Callable[[int, bytes], Awaitable[None]]
+
+
+class Refcounts:
+    """In-memory refcount table plus a write-through refcount block cache."""
+
+    def __init__(
+        self,
+        *,
+        read: Reader,
+        write: Writer,
+        barrier: Callable[[], Awaitable[None]],
+        update_reftable_location: Callable[[int, int], Awaitable[None]],
+        cluster_bits: int,
+        refcount_order: int,
+        table_offset: int,
+        table: list[int],
+        cache_entries: int,
+    ) -> None:
+        self._read = read
+        self._write = write
+        self._barrier = barrier
+        self._set_location = update_reftable_location
+        self.cluster_bits = cluster_bits
+        self.cluster_size = 1 << cluster_bits
+        self.order = refcount_order
+        self.max_refcount = (1 << (1 << refcount_order)) - 1
+        # Entries per refcount block = cluster_size * 8 / refcount_bits.
+        self.block_bits = cluster_bits + 3 - refcount_order
+        self.table_offset = table_offset
+        self.table = table
+        self.cache = TableCache(cache_entries, self.cluster_size, read)
+        self.free_cluster_index = 0
+        # Host clusters freed whose discard the caller may want to pass down.
+        self.freed: list[tuple[int, int]] = []
+
+    @property
+    def table_clusters(self) -> int:
+        return (len(self.table) * 8 + self.cluster_size - 1) >> self.cluster_bits
+
+    async def get(self, cluster: int) -> int:
+        rt = cluster >> self.block_bits
+        if rt >= len(self.table):
+            return 0
+        block_off = self.table[rt] & REFT_OFFSET_MASK
+        if not block_off:
+            return 0
+        block = await self.cache.get(block_off)
+        return get_entry(block, cluster & ((1 << self.block_bits) - 1), self.order)
+
+    async def _find_free(self, count: int) -> int:
+        """First run of ``count`` free clusters at/after free_cluster_index (no refs taken)."""
+        start = self.free_cluster_index
+        run = 0
+        idx = start
+        while run < count:
+            if await self.get(idx) == 0:
+                run += 1
+            else:
+                run = 0
+                start = idx + 1
+            idx += 1
+        return start
+
+    async def alloc_clusters(self, count: int) -> int:
+        """Allocate ``count`` contiguous clusters with refcount 1; host offset."""
+        while True:
+            start = await self._find_free(count)
+            # Make sure refcount blocks exist for the whole run; creating one
+            # changes which clusters are free, so search again afterwards.
+            if await self._ensure_blocks(start, count):
+                continue
+            await self.update(start << self.cluster_bits, count << self.cluster_bits, 1)
+            if self.free_cluster_index == start:
+                self.free_cluster_index = start + count
+            return start << self.cluster_bits
+
+    async def alloc_at(self, offset: int, count: int) -> bool:
+        """Take refs on count clusters at a fixed offset if they are all free."""
+        first = offset >> self.cluster_bits
+        for i in range(count):
+            if await self.get(first + i):
+                return False
+        if await self._ensure_blocks(first, count):
+            for i in range(count):
+                if await self.get(first + i):
+                    return False
+        await self.update(offset, count << self.cluster_bits, 1)
+        return True
+
+    async def _ensure_blocks(self, first: int, count: int) -> bool:
+        """Create missing refcount blocks for clusters [first, first+count); True if any."""
+        created = False
+        rt_first = first >> self.block_bits
+        rt_last = (first + count - 1) >> self.block_bits
+        for rt in range(rt_first, rt_last + 1):
+            if rt < len(self.table) and self.table[rt] & REFT_OFFSET_MASK:
+                continue
+            await self._alloc_block(rt)
+            created = True
+        return created
+
+    async def _alloc_block(self, rt: int) -> None:
+        while not (rt < len(self.table) and self.table[rt] & REFT_OFFSET_MASK):
+            if rt >= len(self.table):
+                await self._grow_table(rt)
+                continue
+            # The block goes to the first free cluster; if that cluster is in the
+            # range the new block describes, the block describes itself.
+            block_cluster = await self._find_free(1)
+            block = bytearray(self.cluster_size)
+            if block_cluster >> self.block_bits == rt:
+                set_entry(block, block_cluster & ((1 << self.block_bits) - 1), self.order, 1)
+            else:
+                if await self._ensure_blocks(block_cluster, 1):
+                    continue
+                await self.update(block_cluster << self.cluster_bits, self.cluster_size, 1)
+            block_off = block_cluster << self.cluster_bits
+            await self._write(block_off, bytes(block))
+            self.cache.put(block_off, block)
+            await self._barrier()
+            self.table[rt] = block_off
+            await self._write(self.table_offset + rt * 8, struct.pack(">Q", block_off))
+            await self._barrier()
+
+    async def _grow_table(self, rt_needed: int) -> None:
+        """Move the refcount table to a bigger area at the start of an uncovered range.
+
+        The new area (new refcount blocks describing the area, then the new
+        table) starts at the first cluster of the first range no table entry
+        covers, so nothing there is in use.  The header switch is the commit point.
+        """
+        first_rt = len(self.table)
+        area_start = first_rt << self.block_bits
+        per_cluster = self.cluster_size // 8
+        per_block = 1 << self.block_bits
+        grow = max(rt_needed + 1, len(self.table) * 3 // 2 + 1)
+        blocks = 1
+        while True:
+            entries = max(grow, first_rt + blocks)
+            table_clusters = -(-entries // per_cluster)
+            need = -(-(blocks + table_clusters) // per_block)
+            if need <= blocks:
+                break
+            blocks = need
+        area = blocks + table_clusters
+        new_table = list(self.table) + [0] * (table_clusters * per_cluster - len(self.table))
+        for b in range(blocks):
+            block = bytearray(self.cluster_size)
+            lo = area_start + b * per_block
+            for c in range(lo, min(lo + per_block, area_start + area)):
+                set_entry(block, c - lo, self.order, 1)
+            off = (area_start + b) << self.cluster_bits
+            await self._write(off, bytes(block))
+            self.cache.put(off, block)
+            new_table[first_rt + b] = off
+        table_off = (area_start + blocks) << self.cluster_bits
+        await self._write(table_off, struct.pack(f">{len(new_table)}Q", *new_table))
+        await self._barrier()
+        old_off, old_clusters = self.table_offset, self.table_clusters
+        await self._set_location(table_off, table_clusters)
+        await self._barrier()
+        self.table_offset = table_off
+        self.table = new_table
+        # The old table is unreferenced now: give its clusters back.
+        await self.update(old_off, old_clusters << self.cluster_bits, -1)
+
+    async def update(self, offset: int, length: int, addend: int) -> None:
+        """Add addend to the refcount of every cluster touching [offset, offset+length).
+
+        Writes each touched refcount block once.  Raises RefcountError (EINVAL on
+        underflow, ERANGE on overflow) before changing anything.
+        """
+        if length <= 0:
+            return
+        first = offset >> self.cluster_bits
+        last = (offset + length - 1) >> self.cluster_bits
+        mask = (1 << self.block_bits) - 1
+        # Validate first, so a refused update changes nothing.
+        if addend:
+            for c in range(first, last + 1):
+                value = await self.get(c) + addend
+                if value < 0:
+                    raise RefcountError(errno.EINVAL, "Invalid argument")
+                if value > self.max_refcount:
+                    raise RefcountError(errno.ERANGE, "Numerical result out of range")
+        c = first
+        while c <= last:
+            rt = c >> self.block_bits
+            block_off = self.table[rt] & REFT_OFFSET_MASK
+            block = await self.cache.get(block_off)
+            end = min(last, c | mask)
+            lo_byte, hi_byte = len(block), 0
+            for i in range(c, end + 1):
+                new = get_entry(block, i & mask, self.order) + addend
+                s, e = set_entry(block, i & mask, self.order, new)
+                lo_byte, hi_byte = min(lo_byte, s), max(hi_byte, e)
+                if new == 0:
+                    if i < self.free_cluster_index:
+                        self.free_cluster_index = i
+                    self.freed.append((i << self.cluster_bits, self.cluster_size))
+            await self._write(block_off + lo_byte, bytes(block[lo_byte:hi_byte]))
+            c = end + 1
+
+    def take_freed(self) -> list[tuple[int, int]]:
+        """Host ranges whose refcount dropped to 0 since the last call, merged."""
+        out: list[tuple[int, int]] = []
+        for off, ln in sorted(self.freed):
+            if out and out[-1][0] + out[-1][1] == off:
+                out[-1] = (out[-1][0], out[-1][1] + ln)
+            else:
+                out.append((off, ln))
+        self.freed.clear()
+        return out
