@@ -1,0 +1,1 @@
+"""The subcommands of ``blockd-img`` (one module each) and their shared helpers."""

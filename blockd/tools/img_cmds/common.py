@@ -1,0 +1,81 @@
+"""Process-level plumbing shared by every ``blockd-img`` subcommand.
+
+qemu-img reports errors in three shapes and the exit code depends on which one
+was used, so each shape gets its own helper:
+
+* ``error_report``: ``<prog>: <msg>`` on stderr (the caller decides the exit code);
+* ``error_exit``: usage errors, followed by the ``Try 'qemu-img --help'`` line and
+  exit status 1;
+* ``warn_report``: ``<prog>: warning: <msg>``.
+
+``<prog>`` is the basename of argv[0], as QEMU's ``error_init(argv[0])`` does, so
+the tool installed or linked as ``qemu-img`` prints exactly what qemu-img prints.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+
+class ImgExit(Exception):  # noqa: N818 - it is a control-flow signal, not an error type
+    """Unwind to ``main`` and exit with ``code`` (everything was already printed)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class Console:
+    """Where a run prints, and under which program name it reports errors."""
+
+    prog: str = "qemu-img"
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def print(self, text: str) -> None:
+        """printf() to stdout: no newline is added."""
+        self.out.write(text)
+
+    def qprint(self, quiet: bool, text: str) -> None:
+        """qemu-img's qprintf(): stdout unless -q."""
+        if not quiet:
+            self.out.write(text)
+
+    def error_report(self, msg: str) -> None:
+        # stdout first: QEMU's stdout is line buffered on a tty and flushed at exit,
+        # keeping the relative order of both streams sane for interleaved readers.
+        self.out.flush()
+        self.err.write(f"{self.prog}: {msg}\n")
+        self.err.flush()
+
+    def warn_report(self, msg: str) -> None:
+        self.out.flush()
+        self.err.write(f"{self.prog}: warning: {msg}\n")
+        self.err.flush()
+
+    def error_print(self, text: str) -> None:
+        """error_printf(): raw text on stderr (hints, repair notes)."""
+        self.err.write(text)
+
+    def error_exit(self, msg: str) -> ImgExit:
+        """Usage error: message, the --help hint, exit status 1.  Raise the result."""
+        self.error_report(msg)
+        self.err.write("Try 'qemu-img --help' for more information\n")
+        return ImgExit(1)
+
+    def fail(self, msg: str, code: int = 1) -> ImgExit:
+        """error_report() then exit with ``code``.  Raise the result."""
+        self.error_report(msg)
+        return ImgExit(code)
+
+
+def parse_output_format(con: Console, value: str | None) -> str:
+    """``--output`` value: "human" or "json", with qemu-img's complaint otherwise."""
+    if value is None or value == "human":
+        return "human"
+    if value == "json":
+        return "json"
+    raise con.fail("--output must be used with human or json as argument.")

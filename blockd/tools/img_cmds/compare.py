@@ -1,0 +1,1 @@
+async def run(con, argv): return 0

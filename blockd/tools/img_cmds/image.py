@@ -1,0 +1,163 @@
+"""Opening images for a subcommand, and QEMU's generic block-status walk.
+
+Drivers answer ``block_status`` for their own layer only (with the contract's
+DATA/ZERO/ALLOCATED bits); what qemu-img prints (map, compare -s) is defined by
+the generic layer above them (block/io.c): which bits QEMU adds, where a
+backing chain is consulted, and the exact flag word.  That logic lives here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from blockd.drivers.base import BlockDriver, BlockStatusFlag
+from blockd.qmp.errors import GenericError
+from blockd.tools.img_cmds.common import Console, ImgExit
+
+# QEMU's BDRV_BLOCK_* bits, as compared by ``compare -s``.
+BDRV_DATA = 0x01
+BDRV_ZERO = 0x02
+BDRV_OFFSET_VALID = 0x04
+BDRV_ALLOCATED = 0x10
+BDRV_EOF = 0x20
+
+KNOWN_FORMATS = ("qcow2", "raw")
+
+
+def report_open_error(con: Console, filename: str, err: GenericError) -> None:
+    """``Could not open '<name>': <driver text>`` plus the error's hint, if any."""
+    con.error_report(f"Could not open '{filename}': {err.desc}")
+    hint = getattr(err, "hint", None)
+    if hint:
+        con.error_print(hint if hint.endswith("\n") else hint + "\n")
+
+
+async def open_for_tool(
+    con: Console,
+    filename: str,
+    fmt: str | None,
+    *,
+    read_only: bool = True,
+    backing: bool = True,
+    force_share: bool = False,
+    code: int = 1,
+) -> BlockDriver:
+    """img_open(): open or report and exit with ``code``."""
+    from blockd.drivers.open import open_image
+
+    if fmt is not None:
+        from blockd.drivers.base import driver_class
+
+        try:
+            driver_class(fmt)
+        except GenericError:
+            raise con.fail(f"Unknown file format '{fmt}'", code) from None
+    try:
+        return await open_image(
+            filename, fmt, read_only=read_only, backing=backing, force_share=force_share
+        )
+    except GenericError as e:
+        report_open_error(con, filename, e)
+        raise ImgExit(code) from None
+
+
+async def close_quietly(node: BlockDriver | None) -> None:
+    if node is not None:
+        from blockd.drivers.open import close_image
+
+        await close_image(node)
+
+
+def file_node(node: BlockDriver) -> BlockDriver:
+    """The protocol node holding a layer's data (the layer itself for protocols)."""
+    while node.file is not None and not node.is_protocol:
+        node = node.file
+    return node
+
+
+def node_filename(node: BlockDriver) -> str:
+    fname: str = getattr(file_node(node), "filename", "") or ""
+    return fname
+
+
+def allocated_file_size(node: BlockDriver) -> int | None:
+    """``actual-size``: bytes the host file occupies (st_blocks * 512)."""
+    name = node_filename(node)
+    try:
+        return os.stat(name).st_blocks * 512
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class LayerStatus:
+    """One layer's answer in QEMU's terms (bdrv_co_block_status)."""
+
+    flags: int
+    pnum: int
+    offset: int | None
+    file: BlockDriver | None
+
+
+async def layer_status(node: BlockDriver, offset: int, length: int) -> LayerStatus:
+    """Status of ``node`` alone at ``offset``, with the bits QEMU's generic code adds."""
+    size = node.get_length()
+    if offset >= size:
+        return LayerStatus(BDRV_EOF, 0, None, None)
+    length = min(length, size - offset)
+    st = await node.block_status(offset, length)
+    pnum = max(1, min(st.length, length))
+    flags = 0
+    if st.flags & BlockStatusFlag.DATA:
+        flags |= BDRV_DATA
+    if st.flags & BlockStatusFlag.ZERO:
+        flags |= BDRV_ZERO
+    if not node.supports_backing and not flags:
+        flags |= BDRV_DATA  # a driver without backing always decides: data by default
+    allocated = bool(st.flags & BlockStatusFlag.ALLOCATED) or (
+        not node.supports_backing and bool(flags)
+    )
+    if allocated:
+        flags |= BDRV_ALLOCATED
+    else:
+        # Unallocated here: zeros when nothing below can provide data.
+        flags &= ~(BDRV_DATA | BDRV_ZERO)
+        if node.backing is None or offset >= node.backing.get_length():
+            flags |= BDRV_ZERO
+    fnode: BlockDriver | None = None
+    host: int | None = None
+    if st.offset is not None and allocated:
+        flags |= BDRV_OFFSET_VALID
+        host = st.offset
+        fnode = file_node(node)
+    if offset + pnum >= size:
+        flags |= BDRV_EOF
+    return LayerStatus(flags, pnum, host, fnode)
+
+
+async def status_above(top: BlockDriver, offset: int, length: int) -> LayerStatus:
+    """bdrv_block_status_above(top, NULL): the first layer of the chain that decides."""
+    first = await layer_status(top, offset, length)
+    if first.pnum == 0 or first.flags & BDRV_ALLOCATED:
+        return first
+    eof = offset + first.pnum if first.flags & BDRV_EOF else None
+    length = min(length, first.pnum)
+    result = first
+    layer = top.backing
+    while layer is not None:
+        st = await layer_status(layer, offset, length)
+        if st.pnum == 0:
+            # Past the end of a shorter backing file: zeros, decided there.
+            result = LayerStatus(BDRV_ZERO | BDRV_ALLOCATED, length, None, None)
+            break
+        if st.flags & BDRV_ALLOCATED:
+            result = LayerStatus(st.flags & ~BDRV_EOF, st.pnum, st.offset, st.file)
+            break
+        length = min(length, st.pnum)
+        result = LayerStatus(st.flags & ~BDRV_EOF, st.pnum, st.offset, st.file)
+        layer = layer.backing
+    flags = result.flags & ~BDRV_EOF
+    if eof is not None and offset + result.pnum == eof:
+        flags |= BDRV_EOF
+    return LayerStatus(flags, result.pnum, result.offset, result.file)

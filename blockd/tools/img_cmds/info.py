@@ -1,0 +1,137 @@
+"""``qemu-img info``: ImageInfo as block/qapi.c builds and prints it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blockd.drivers.base import BlockDriver
+from blockd.tools.img_cmds.common import Console, ImgExit, parse_output_format
+from blockd.tools.img_cmds.getopt import LongOpt, getopt
+from blockd.tools.img_cmds.image import allocated_file_size, close_quietly, open_for_tool
+from blockd.tools.img_cmds.qjson import dump_human, to_json_pretty
+from blockd.tools.img_cmds.sizes import size_to_str
+from blockd.tools.img_cmds.usage import show_help
+
+LONGOPTS = [
+    LongOpt("help", False, "h"),
+    LongOpt("format", True, "f"),
+    LongOpt("output", True, "output"),
+    LongOpt("backing-chain", False, "backing-chain"),
+    LongOpt("force-share", False, "U"),
+]
+
+
+def image_info(node: BlockDriver, filename: str) -> dict[str, Any]:
+    """bdrv_query_image_info(): members inserted in QAPI order (ImageInfo)."""
+    from blockd.drivers.open import resolve_backing_path
+
+    info: dict[str, Any] = {"filename": filename, "format": node.name}
+    info["dirty-flag"] = bool(getattr(node, "dirty", False))
+    actual = allocated_file_size(node)
+    if actual is not None:
+        info["actual-size"] = actual
+    info["virtual-size"] = node.get_length()
+    cluster_size = int(getattr(node, "cluster_size", 0) or 0)
+    if cluster_size:
+        info["cluster-size"] = cluster_size
+    backing_file: str | None = getattr(node, "backing_file", None)
+    if backing_file:
+        info["backing-filename"] = backing_file
+        info["full-backing-filename"] = resolve_backing_path(filename, backing_file)
+        backing_fmt: str | None = getattr(node, "backing_format", None)
+        if backing_fmt:
+            info["backing-filename-format"] = backing_fmt
+    specific = node.format_specific_info()
+    if specific is not None:
+        info["format-specific"] = {"type": node.name, "data": specific}
+    return info
+
+
+def human_info(info: dict[str, Any]) -> str:
+    """bdrv_image_info_dump()."""
+    actual = info.get("actual-size")
+    dsize = size_to_str(actual) if actual is not None else "unavailable"
+    vsize = info["virtual-size"]
+    out = [
+        f"image: {info['filename']}\n",
+        f"file format: {info['format']}\n",
+        f"virtual size: {size_to_str(vsize)} ({vsize} bytes)\n",
+        f"disk size: {dsize}\n",
+    ]
+    if info.get("encrypted"):
+        out.append("encrypted: yes\n")
+    if "cluster-size" in info:
+        out.append(f"cluster_size: {info['cluster-size']}\n")
+    if info.get("dirty-flag"):
+        out.append("cleanly shut down: no\n")
+    if "backing-filename" in info:
+        line = f"backing file: {info['backing-filename']}"
+        full = info.get("full-backing-filename")
+        if full is None:
+            line += " (cannot determine actual path)"
+        elif full != info["backing-filename"]:
+            line += f" (actual path: {full})"
+        out.append(line + "\n")
+        if "backing-filename-format" in info:
+            out.append(f"backing file format: {info['backing-filename-format']}\n")
+    if "format-specific" in info:
+        out.append("Format specific information:\n")
+        out.append(dump_human(info["format-specific"]["data"], 1))
+    return "".join(out)
+
+
+async def collect(
+    con: Console, filename: str, fmt: str | None, chain: bool, force_share: bool
+) -> list[dict[str, Any]]:
+    """collect_image_info_list(): the image, then its backing files one by one."""
+    seen: set[str] = set()
+    infos: list[dict[str, Any]] = []
+    name: str | None = filename
+    while name is not None:
+        if name in seen:
+            raise con.fail(f"Backing file '{name}' creates an infinite loop.")
+        seen.add(name)
+        node = await open_for_tool(con, name, fmt, backing=False, force_share=force_share)
+        try:
+            info = image_info(node, name)
+        finally:
+            await close_quietly(node)
+        infos.append(info)
+        name, fmt = None, None
+        if chain:
+            name = info.get("full-backing-filename")
+            fmt = info.get("backing-filename-format")
+    return infos
+
+
+async def run(con: Console, argv: list[str]) -> int:
+    fmt: str | None = None
+    output: str | None = None
+    chain = False
+    force_share = False
+    opts, args = getopt(con, argv, ":f:hU", LONGOPTS)
+    for key, val in opts:
+        if key == "h":
+            raise show_help(con)
+        if key == "f":
+            fmt = val
+        elif key == "output":
+            output = val
+        elif key == "backing-chain":
+            chain = True
+        elif key == "U":
+            force_share = True
+    if len(args) != 1:
+        raise con.error_exit("Expecting one image file name")
+    ofmt = parse_output_format(con, output)
+    try:
+        infos = await collect(con, args[0], fmt, chain, force_share)
+    except ImgExit:
+        return 1
+    if ofmt == "human":
+        con.print("\n".join(human_info(i) for i in infos))
+    elif chain:
+        con.print(to_json_pretty(infos) + "\n")
+    else:
+        con.print(to_json_pretty(infos[0]) + "\n")
+    return 0
