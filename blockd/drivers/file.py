@@ -366,6 +366,8 @@ class FileDriver(BlockDriver):
 
     def _truncate_sync(self, length: int, preallocation: str) -> None:
         cur = self._size()
+        if preallocation != "off" and length < cur:
+            raise GenericError("Cannot use preallocation for shrinking files")
         if preallocation == "off" or length <= cur:
             os.ftruncate(self.fd, length)
         elif preallocation == "falloc":

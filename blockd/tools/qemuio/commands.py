@@ -1,0 +1,1085 @@
+"""The qemu-io command language (qemu-io-cmds.c / qemu-io.c of QEMU 7.2).
+
+:class:`QemuIo` interprets command lines against an open image and writes exactly
+what qemu-io writes: results to ``out`` (stdout), diagnostics to ``err`` (stderr).
+Every command returns 0 or a negative errno; the CLI exits with 1 when any failed.
+The daemon's ``human-monitor-command qemu-io`` uses :func:`run_qemu_io_command`,
+which, like QEMU's HMP, offers the commands of qemu-io-cmds.c but not
+``open``/``close``/``quit`` (those live in qemu-io.c).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from blockd.drivers.base import BlockDriver, BlockStatusFlag
+from blockd.drivers.open import close_image, open_image, request_perms
+from blockd.qmp.errors import GenericError
+from blockd.tools.qemuio.fmt import (
+    BDRV_REQUEST_MAX_BYTES,
+    CvtnumError,
+    cvtnum,
+    cvtnum_error,
+    cvtstr,
+    dump_buffer,
+    report,
+)
+from blockd.tools.qemuio.getopt import Opt, OptError, getopt
+from blockd.tools.qemuio.helptext import HELP
+
+EINVAL = -errno.EINVAL
+SECTOR = 512
+NSIG = 65
+PREALLOC_MODES = ("off", "metadata", "falloc", "full")
+
+CmdFunc = Callable[["QemuIo", list[str]], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    func: CmdFunc
+    altname: str | None = None
+    argmin: int = 0
+    argmax: int = 0
+    write: bool = False
+    resize: bool = False
+    global_: bool = False  # CMD_FLAG_GLOBAL: runs with or without an image
+    nofile_ok: bool = False
+
+
+@dataclass
+class OpenParams:
+    """How the current image was opened (for ``reopen``)."""
+
+    filename: str
+    fmt: str | None
+    read_only: bool
+    cache_direct: bool
+    cache_no_flush: bool
+    writethrough: bool
+    discard_unmap: bool
+    force_share: bool
+    aio: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_cache_mode(mode: str) -> tuple[bool, bool, bool] | None:
+    """bdrv_parse_cache_mode(): (direct, no_flush, writethrough) or None if invalid."""
+    table = {
+        "off": (True, False, False),
+        "none": (True, False, False),
+        "directsync": (True, False, True),
+        "writeback": (False, False, False),
+        "unsafe": (False, True, False),
+        "writethrough": (False, False, True),
+    }
+    return table.get(mode)
+
+
+def parse_discard_mode(mode: str) -> bool | None:
+    if mode in ("off", "ignore"):
+        return False
+    if mode in ("on", "unmap"):
+        return True
+    return None
+
+
+def parse_keyval(text: str) -> dict[str, str]:
+    """QemuOpts "key=value,key2=value2" with ",," escaping a comma."""
+    out: dict[str, str] = {}
+    parts: list[str] = []
+    cur = ""
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == ",":
+            if i + 1 < len(text) and text[i + 1] == ",":
+                cur += ","
+                i += 2
+                continue
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    parts.append(cur)
+    for p in parts:
+        if not p:
+            continue
+        k, sep, v = p.partition("=")
+        out[k] = v if sep else "on"
+    return out
+
+
+def _errno_of(e: BaseException) -> int:
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    return errno.EIO
+
+
+class QemuIo:
+    """A qemu-io session: the current image plus the command table."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        err: TextIO | None = None,
+        *,
+        prog: str = "qemu-io",
+        blk: BlockDriver | None = None,
+        standalone: bool = True,
+    ) -> None:
+        self.out = out
+        self.err = err if err is not None else sys.stderr
+        self.prog = prog
+        self.blk = blk
+        self.params: OpenParams | None = None
+        # qemu-io runs with the write cache disabled unless -t says otherwise.
+        self.writethrough = True
+        self.quit = False
+        self.standalone = standalone
+        self.commands = {c.name: c for c in _COMMANDS if standalone or c.name not in _CLI_ONLY}
+
+    # --- plumbing -------------------------------------------------------------
+
+    def p(self, text: str) -> None:
+        self.out.write(text)
+
+    def error_report(self, msg: str) -> None:
+        self.out.flush()
+        self.err.write(f"{self.prog}: {msg}\n")
+        self.err.flush()
+
+    def error_report_err(self, e: GenericError) -> None:
+        self.error_report(e.desc)
+        hint = getattr(e, "hint", None)
+        if hint:
+            self.err.write(hint)
+
+    def usage(self, name: str) -> int:
+        args, oneline, _ = HELP[name]
+        self.p(f"{name} {args} -- {oneline}\n")
+        return EINVAL
+
+    def find(self, name: str) -> Command | None:
+        for c in self.commands.values():
+            if c.name == name or c.altname == name:
+                return c
+        return None
+
+    def opts(self, argv: list[str], optstring: str) -> tuple[list[Opt | OptError], list[str]]:
+        return getopt(argv, optstring)
+
+    def bad_opt(self, item: OptError, name: str) -> int:
+        self.out.flush()
+        self.err.write(item.message)
+        self.err.flush()
+        return self.usage(name)
+
+    def num(self, arg: str) -> int | None:
+        try:
+            return cvtnum(arg)
+        except CvtnumError as e:
+            self.p(cvtnum_error(e.errno, arg))
+            return None
+
+    # --- BlockBackend-level I/O (bounds checks, write-through) ----------------
+
+    def _check_request(self, offset: int, length: int) -> None:
+        assert self.blk is not None
+        size = self.blk.get_length()
+        if offset < 0 or length < 0 or offset > size or size - offset < length:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    async def _pread(self, offset: int, length: int) -> bytes:
+        assert self.blk is not None
+        self._check_request(offset, length)
+        if length == 0:
+            return b""
+        return await self.blk.read(offset, length)
+
+    async def _pwrite(self, offset: int, data: bytes, *, fua: bool = False,
+                      compressed: bool = False) -> None:
+        assert self.blk is not None
+        self._check_request(offset, len(data))
+        if not data:
+            return
+        await self.blk.write(offset, data, compressed=compressed, fua=fua)
+        if self.writethrough and not fua:
+            await self.blk.flush()
+
+    async def _pwrite_zeroes(self, offset: int, length: int, *, may_unmap: bool,
+                             fua: bool = False) -> None:
+        assert self.blk is not None
+        self._check_request(offset, length)
+        if length == 0:
+            return
+        await self.blk.write_zeroes(offset, length, may_unmap=may_unmap)
+        if fua or self.writethrough:
+            await self.blk.flush()
+
+    async def _pdiscard(self, offset: int, length: int) -> None:
+        assert self.blk is not None
+        self._check_request(offset, length)
+        if length == 0:
+            return
+        await self.blk.discard(offset, length)
+
+    # --- dispatch ----------------------------------------------------------------
+
+    async def command(self, line: str) -> int:
+        """Run one command line; returns 0 or a negative errno."""
+        argv = [w for w in line.split(" ") if w]
+        if not argv:
+            return 0
+        ct = self.find(argv[0])
+        if ct is None:
+            self.out.flush()
+            self.err.write(f'command "{argv[0]}" not found\n')
+            return EINVAL
+        if not ct.global_ and not ct.nofile_ok and self.blk is None:
+            self.out.flush()
+            self.err.write("no file open, try 'help open'\n")
+            return EINVAL
+        nargs = len(argv) - 1
+        if nargs < ct.argmin or (ct.argmax != -1 and nargs > ct.argmax):
+            self.out.flush()
+            if ct.argmax == -1:
+                self.err.write(
+                    f"bad argument count {nargs} to {argv[0]}, "
+                    f"expected at least {ct.argmin} arguments\n"
+                )
+            elif ct.argmin == ct.argmax:
+                self.err.write(
+                    f"bad argument count {nargs} to {argv[0]}, expected {ct.argmin} arguments\n"
+                )
+            else:
+                self.err.write(
+                    f"bad argument count {nargs} to {argv[0]}, expected between "
+                    f"{ct.argmin} and {ct.argmax} arguments\n"
+                )
+            return EINVAL
+        if (ct.write or ct.resize) and self.blk is not None:
+            try:
+                request_perms(self.blk, write=ct.write, resize=ct.resize)
+            except GenericError as e:
+                self.error_report_err(e)
+                return -errno.EPERM
+        return await ct.func(self, argv)
+
+    # --- image management (CLI) ----------------------------------------------
+
+    async def open(self, params: OpenParams, *, image_opts: bool = False) -> int:
+        """openfile() of qemu-io.c."""
+        if self.blk is not None:
+            self.error_report("file open already, try 'help close'")
+            return 1
+        try:
+            self.blk = await open_image(
+                params.filename,
+                params.fmt,
+                read_only=params.read_only,
+                cache_direct=params.cache_direct,
+                cache_no_flush=params.cache_no_flush,
+                force_share=params.force_share,
+                discard_unmap=params.discard_unmap,
+                aio=params.aio,
+                options=params.options,
+            )
+        except GenericError as e:
+            where = f"device {params.filename}" if params.filename and not image_opts else ""
+            msg = f"can't open {where}: {e.desc}" if where else f"can't open: {e.desc}"
+            self.error_report(msg)
+            hint = getattr(e, "hint", None)
+            if hint:
+                self.err.write(hint)
+            return 1
+        self.params = params
+        self.writethrough = params.writethrough
+        return 0
+
+    async def close(self) -> None:
+        if self.blk is not None:
+            blk, self.blk = self.blk, None
+            try:
+                await blk.flush()
+            except (OSError, GenericError):
+                pass
+            await close_image(blk)
+
+
+# --- the commands ---------------------------------------------------------------
+
+
+async def read_f(io: QemuIo, argv: list[str]) -> int:
+    cflag = qflag = vflag = pflag = sflag = lflag = bflag = False
+    pattern = 0
+    pattern_offset = pattern_count = 0
+    items, args = io.opts(argv, "bCl:pP:qs:v")
+    for it in items:
+        if isinstance(it, OptError):
+            return io.bad_opt(it, "read")
+        c, arg = it.char, it.arg or ""
+        if c == "b":
+            bflag = True
+        elif c == "C":
+            cflag = True
+        elif c == "l":
+            lflag = True
+            n = io.num(arg)
+            if n is None:
+                return EINVAL
+            pattern_count = n
+        elif c == "P":
+            pflag = True
+            pat = _parse_pattern(io, arg)
+            if pat < 0:
+                return EINVAL
+            pattern = pat
+        elif c == "q":
+            qflag = True
+        elif c == "s":
+            sflag = True
+            n = io.num(arg)
+            if n is None:
+                return EINVAL
+            pattern_offset = n
+        elif c == "v":
+            vflag = True
+    if len(args) != 2:
+        return io.usage("read")
+    offset = io.num(args[0])
+    if offset is None:
+        return EINVAL
+    count = io.num(args[1])
+    if count is None:
+        return EINVAL
+    if count > BDRV_REQUEST_MAX_BYTES:
+        io.p(f"length cannot exceed {BDRV_REQUEST_MAX_BYTES}, given {args[1]}\n")
+        return EINVAL
+    if not pflag and (lflag or sflag):
+        return io.usage("read")
+    if not lflag:
+        pattern_count = count - pattern_offset
+    if pattern_count < 0 or pattern_count + pattern_offset > count:
+        io.p("pattern verification range exceeds end of read data\n")
+        return EINVAL
+    if bflag and not _sector_aligned(io, offset, count):
+        return EINVAL
+    t1 = time.monotonic_ns()
+    try:
+        if bflag:
+            raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+        buf = await io._pread(offset, count)
+    except (OSError, GenericError) as e:
+        io.p(f"read failed: {os.strerror(_errno_of(e))}\n")
+        return -_errno_of(e)
+    t2 = time.monotonic_ns()
+    ret = 0
+    if pflag:
+        seg = buf[pattern_offset : pattern_offset + pattern_count]
+        if seg != bytes([pattern]) * pattern_count:
+            io.p(
+                f"Pattern verification failed at offset {offset + pattern_offset}, "
+                f"{pattern_count} bytes\n"
+            )
+            ret = EINVAL
+    if qflag:
+        return ret
+    if vflag:
+        io.p(dump_buffer(buf, offset))
+    io.p(report("read", t2 - t1, offset, count, count, 1, cflag))
+    return ret
+
+
+def _parse_pattern(io: QemuIo, arg: str) -> int:
+    """parse_pattern(): strtol base 0 into 0..255."""
+    try:
+        v = _strtol0(arg)
+    except ValueError:
+        v = -1
+    if v < 0 or v > 255:
+        io.p(f"{arg} is not a valid pattern byte\n")
+        return -1
+    return v
+
+
+def _strtol0(s: str) -> int:
+    t = s.strip()
+    neg = t.startswith("-")
+    if t[:1] in "+-" and t:
+        t = t[1:]
+    if t.lower().startswith("0x"):
+        v = int(t[2:], 16)
+    elif t.startswith("0") and len(t) > 1:
+        v = int(t[1:], 8)
+    else:
+        v = int(t, 10) if t else 0
+        if not t and s:
+            raise ValueError(s)
+    return -v if neg else v
+
+
+def _sector_aligned(io: QemuIo, offset: int, count: int) -> bool:
+    if offset % SECTOR:
+        io.p(f"{offset} is not a sector-aligned value for 'offset'\n")
+        return False
+    if count % SECTOR:
+        io.p(f"{count} is not a sector-aligned value for 'count'\n")
+        return False
+    return True
+
+
+def _alloc_from_file(io: QemuIo, length: int, name: str) -> bytes | None:
+    """qemu_io_alloc_from_file(): the file's bytes repeated to fill length."""
+    try:
+        with open(name, "rb") as f:
+            pat = f.read(length)
+    except OSError as e:
+        io.out.flush()
+        io.err.write(f"{name}: {os.strerror(e.errno or errno.EIO)}\n")
+        return None
+    if not pat:
+        io.out.flush()
+        io.err.write(f"{name}: file is empty\n")
+        return None
+    reps = -(-length // len(pat))
+    return (pat * reps)[:length]
+
+
+async def write_f(io: QemuIo, argv: list[str]) -> int:
+    cflag_c = qflag = bflag = pflag = zflag = cflag = sflag = False
+    fua = no_fallback = unmap = False
+    pattern = 0xCD
+    source = ""
+    items, args = io.opts(argv, "bcCfnpP:qs:uz")
+    for it in items:
+        if isinstance(it, OptError):
+            return io.bad_opt(it, "write")
+        c, arg = it.char, it.arg or ""
+        if c == "b":
+            bflag = True
+        elif c == "c":
+            cflag = True
+        elif c == "C":
+            cflag_c = True
+        elif c == "f":
+            fua = True
+        elif c == "n":
+            no_fallback = True
+        elif c == "P":
+            pflag = True
+            pat = _parse_pattern(io, arg)
+            if pat < 0:
+                return EINVAL
+            pattern = pat
+        elif c == "q":
+            qflag = True
+        elif c == "s":
+            sflag = True
+            source = arg
+        elif c == "u":
+            unmap = True
+        elif c == "z":
+            zflag = True
+    if len(args) != 2:
+        return io.usage("write")
+    if bflag and zflag:
+        io.p("-b and -z cannot be specified at the same time\n")
+        return EINVAL
+    if fua and (bflag or cflag):
+        io.p("-f and -b or -c cannot be specified at the same time\n")
+        return EINVAL
+    if no_fallback and not zflag:
+        io.p("-n requires -z to be specified\n")
+        return EINVAL
+    if unmap and not zflag:
+        io.p("-u requires -z to be specified\n")
+        return EINVAL
+    if int(zflag) + int(pflag) + int(sflag) > 1:
+        io.p("Only one of -z, -P, and -s can be specified at the same time\n")
+        return EINVAL
+    offset = io.num(args[0])
+    if offset is None:
+        return EINVAL
+    count = io.num(args[1])
+    if count is None:
+        return EINVAL
+    if count > BDRV_REQUEST_MAX_BYTES and not no_fallback:
+        io.p(f"length cannot exceed {BDRV_REQUEST_MAX_BYTES} without -n, given {args[1]}\n")
+        return EINVAL
+    if (bflag or cflag) and not _sector_aligned(io, offset, count):
+        return EINVAL
+    buf = b""
+    if not zflag:
+        if sflag:
+            got = _alloc_from_file(io, count, source)
+            if got is None:
+                return EINVAL
+            buf = got
+        else:
+            buf = bytes([pattern]) * count
+    t1 = time.monotonic_ns()
+    try:
+        if bflag:
+            raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+        if zflag:
+            await io._pwrite_zeroes(offset, count, may_unmap=unmap, fua=fua)
+        elif cflag:
+            await io._pwrite(offset, buf, compressed=True)
+        else:
+            await io._pwrite(offset, buf, fua=fua)
+    except (OSError, GenericError) as e:
+        io.p(f"write failed: {os.strerror(_errno_of(e))}\n")
+        return -_errno_of(e)
+    t2 = time.monotonic_ns()
+    if not qflag:
+        io.p(report("wrote", t2 - t1, offset, count, count, 1, cflag_c))
+    return 0
+
+
+def _create_iovec(io: QemuIo, lens: list[str]) -> int | None:
+    total = 0
+    for arg in lens:
+        n = io.num(arg)
+        if n is None:
+            return None
+        if n > BDRV_REQUEST_MAX_BYTES:
+            io.p(f"Argument '{arg}' exceeds maximum size {BDRV_REQUEST_MAX_BYTES}\n")
+            return None
+        if total > BDRV_REQUEST_MAX_BYTES - n:
+            io.p(f"The total number of bytes exceed the maximum size {BDRV_REQUEST_MAX_BYTES}\n")
+            return None
+        total += n
+    return total
+
+
+async def _vector_io(io: QemuIo, argv: list[str], *, name: str, optstring: str,
+                     is_write: bool, is_aio: bool) -> int:
+    cflag = qflag = vflag = pflag = zflag = fua = unmap = False
+    pattern = 0xCD if is_write else 0
+    items, args = io.opts(argv, optstring)
+    for it in items:
+        if isinstance(it, OptError):
+            return io.bad_opt(it, name)
+        c, arg = it.char, it.arg or ""
+        if c == "C":
+            cflag = True
+        elif c == "q":
+            qflag = True
+        elif c == "v":
+            vflag = True
+        elif c == "f":
+            fua = True
+        elif c == "u":
+            unmap = True
+        elif c == "z":
+            zflag = True
+        elif c == "P":
+            pflag = True
+            pat = _parse_pattern(io, arg)
+            if pat < 0:
+                return EINVAL
+            pattern = pat
+        elif c == "i":
+            io.p(f"injecting invalid {'write' if is_write else 'read'} request\n")
+            return 0
+    if len(args) < 2:
+        return io.usage(name)
+    if is_aio and is_write:
+        if zflag and len(args) != 2:
+            io.p("-z supports only a single length parameter\n")
+            return EINVAL
+        if unmap and not zflag:
+            io.p("-u requires -z to be specified\n")
+            return EINVAL
+        if zflag and pflag:
+            io.p("-z and -P cannot be specified at the same time\n")
+            return EINVAL
+    offset = io.num(args[0])
+    if offset is None:
+        return EINVAL
+    if zflag:
+        size = io.num(args[1])
+        if size is None:
+            return EINVAL
+    else:
+        total = _create_iovec(io, args[1:])
+        if total is None:
+            return EINVAL
+        size = total
+    failed = f"{'aio_write' if is_aio else 'writev'} failed" if is_write else "readv failed"
+    t1 = time.monotonic_ns()
+    buf = b""
+    try:
+        if not is_write:
+            buf = await io._pread(offset, size)
+        elif zflag:
+            await io._pwrite_zeroes(offset, size, may_unmap=unmap, fua=fua)
+        else:
+            await io._pwrite(offset, bytes([pattern]) * size, fua=fua)
+    except (OSError, GenericError) as e:
+        io.p(f"{failed}: {os.strerror(_errno_of(e))}\n")
+        # Asynchronous commands count as successful once submitted.
+        return 0 if is_aio else -_errno_of(e)
+    t2 = time.monotonic_ns()
+    ret = 0
+    if not is_write and pflag and buf != bytes([pattern]) * size:
+        io.p(f"Pattern verification failed at offset {offset}, {size} bytes\n")
+        ret = 0 if is_aio else EINVAL
+    if qflag:
+        return ret
+    if vflag and not is_write:
+        io.p(dump_buffer(buf, offset))
+    io.p(report("wrote" if is_write else "read", t2 - t1, offset, size, size, 1, cflag))
+    return ret
+
+
+async def readv_f(io: QemuIo, argv: list[str]) -> int:
+    return await _vector_io(io, argv, name="readv", optstring="CP:qv", is_write=False,
+                            is_aio=False)
+
+
+async def writev_f(io: QemuIo, argv: list[str]) -> int:
+    return await _vector_io(io, argv, name="writev", optstring="CfqP:", is_write=True,
+                            is_aio=False)
+
+
+async def aio_read_f(io: QemuIo, argv: list[str]) -> int:
+    return await _vector_io(io, argv, name="aio_read", optstring="CP:iqv", is_write=False,
+                            is_aio=True)
+
+
+async def aio_write_f(io: QemuIo, argv: list[str]) -> int:
+    return await _vector_io(io, argv, name="aio_write", optstring="CfiqP:uz", is_write=True,
+                            is_aio=True)
+
+
+async def aio_flush_f(io: QemuIo, argv: list[str]) -> int:
+    # Requests complete before their command returns: nothing is outstanding.
+    return 0
+
+
+async def flush_f(io: QemuIo, argv: list[str]) -> int:
+    assert io.blk is not None
+    try:
+        await io.blk.flush()
+    except OSError as e:
+        return -_errno_of(e)
+    return 0
+
+
+async def truncate_f(io: QemuIo, argv: list[str]) -> int:
+    assert io.blk is not None
+    prealloc = "off"
+    items, args = io.opts(argv, "m:")
+    for it in items:
+        if isinstance(it, OptError):
+            return io.bad_opt(it, "truncate")
+        if it.char == "m":
+            if it.arg not in PREALLOC_MODES:
+                io.error_report(f"Invalid preallocation mode '{it.arg}'")
+                return EINVAL
+            prealloc = it.arg
+    if not args:
+        return io.usage("truncate")
+    # qemu-io takes the first operand and ignores any further ones.
+    offset = io.num(args[0])
+    if offset is None:
+        return EINVAL
+    try:
+        await io.blk.truncate(offset, preallocation=prealloc, exact=False)
+    except GenericError as e:
+        io.error_report_err(e)
+        return EINVAL
+    except OSError as e:
+        io.error_report(os.strerror(_errno_of(e)))
+        return -_errno_of(e)
+    return 0
+
+
+async def length_f(io: QemuIo, argv: list[str]) -> int:
+    assert io.blk is not None
+    io.p(cvtstr(float(io.blk.get_length())) + "\n")
+    return 0
+
+
+async def info_f(io: QemuIo, argv: list[str]) -> int:
+    assert io.blk is not None
+    drv = io.blk
+    io.p(f"format name: {drv.name}\n")
+    cluster = int(getattr(drv, "cluster_size", 0) or 0)
+    if drv.is_protocol and drv.name != "file":
+        return 0
+    io.p(f"cluster size: {cvtstr(float(cluster))}\n")
+    vm_state = 0
+    if cluster:
+        vm_state = int(getattr(drv, "vm_state_offset", 0) or 0)
+    io.p(f"vm state offset: {cvtstr(float(vm_state))}\n")
+    spec = drv.format_specific_info()
+    if spec:
+        io.p("Format specific information:\n")
+        io.p(_dump_specific(spec, 4))
+    return 0
+
+
+def _dump_specific(obj: dict[str, Any], indent: int) -> str:
+    """bdrv_image_info_specific_dump(): "key: value" lines, '-' shown as ' '."""
+    lines = []
+    pad = " " * indent
+    for key, value in obj.items():
+        name = key.replace("-", " ")
+        if isinstance(value, dict):
+            lines.append(f"{pad}{name}:\n" + _dump_specific(value, indent + 4))
+        elif isinstance(value, list):
+            lines.append(f"{pad}{name}:\n")
+            for i, v in enumerate(value):
+                if isinstance(v, dict):
+                    lines.append(f"{pad}    [{i}]:\n" + _dump_specific(v, indent + 8))
+                else:
+                    lines.append(f"{pad}    [{i}]: {_scalar(v)}\n")
+        else:
+            lines.append(f"{pad}{name}: {_scalar(value)}\n")
+    return "".join(lines)
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+async def discard_f(io: QemuIo, argv: list[str]) -> int:
+    cflag = qflag = False
+    items, args = io.opts(argv, "Cq")
+    for it in items:
+        if isinstance(it, OptError):
+            return io.bad_opt(it, "discard")
+        if it.char == "C":
+            cflag = True
+        elif it.char == "q":
+            qflag = True
+    if len(args) != 2:
+        return io.usage("discard")
+    offset = io.num(args[0])
+    if offset is None:
+        return EINVAL
+    count = io.num(args[1])
+    if count is None:
+        return EINVAL
+    if count > BDRV_REQUEST_MAX_BYTES:
+        io.p(f"length cannot exceed {BDRV_REQUEST_MAX_BYTES}, given {args[1]}\n")
+        return EINVAL
+    t1 = time.monotonic_ns()
+    try:
+        await io._pdiscard(offset, count)
+    except (OSError, GenericError) as e:
+        io.p(f"discard failed: {os.strerror(_errno_of(e))}\n")
+        return -_errno_of(e)
+    t2 = time.monotonic_ns()
+    if not qflag:
+        io.p(report("discard", t2 - t1, offset, count, count, 1, cflag))
+    return 0
+
+
+async def _is_allocated(drv: BlockDriver, offset: int, length: int) -> tuple[bool, int]:
+    """bdrv_is_allocated(): this layer only; pnum 0 at/after the end."""
+    size = drv.get_length()
+    if offset >= size or length <= 0:
+        return False, 0
+    length = min(length, size - offset)
+    st = await drv.block_status(offset, length)
+    return bool(st.flags & BlockStatusFlag.ALLOCATED), max(1, min(st.length, length))
+
+
+async def alloc_f(io: QemuIo, argv: list[str]) -> int:
+    assert io.blk is not None
+    parsed = io.num(argv[1])
+    if parsed is None:
+        return EINVAL
+    start = offset = parsed
+    if len(argv) == 3:
+        count = io.num(argv[2])
+        if count is None:
+            return EINVAL
+    else:
+        count = SECTOR
+    remaining = count
+    sum_alloc = 0
+    while remaining:
+        try:
+            allocated, num = await _is_allocated(io.blk, offset, remaining)
+        except OSError as e:
+            io.p(f"is_allocated failed: {os.strerror(_errno_of(e))}\n")
+            return -_errno_of(e)
+        offset += num
+        remaining -= num
+        if allocated:
+            sum_alloc += num
+        if num == 0:
+            count -= remaining
+            remaining = 0
+    io.p(f"{sum_alloc}/{count} bytes allocated at offset {cvtstr(float(start))}\n")
+    return 0
+
+
+async def map_f(io: QemuIo, argv: list[str]) -> int:
+    assert io.blk is not None
+    offset = 0
+    remaining = io.blk.get_length()
+    while remaining:
+        try:
+            first, num = await _is_allocated(io.blk, offset, min(remaining,
+                                                                 BDRV_REQUEST_MAX_BYTES))
+            total = num
+            while total < remaining:
+                a, n = await _is_allocated(
+                    io.blk, offset + total, min(remaining - total, BDRV_REQUEST_MAX_BYTES)
+                )
+                if a != first or n == 0:
+                    break
+                total += n
+        except OSError as e:
+            io.error_report(f"Failed to get allocation status: {os.strerror(_errno_of(e))}")
+            return -_errno_of(e)
+        if total == 0:
+            io.error_report("Unexpected end of image")
+            return -errno.EIO
+        state = "    allocated" if first else "not allocated"
+        io.p(
+            f"{cvtstr(float(total))} (0x{total:x}) bytes {state} at offset "
+            f"{cvtstr(float(offset))} (0x{offset:x})\n"
+        )
+        offset += total
+        remaining -= total
+    return 0
+
+
+async def help_f(io: QemuIo, argv: list[str]) -> int:
+    if len(argv) == 1:
+        for name in sorted(io.commands):
+            args, oneline, _ = HELP[name]
+            io.p(f"{name} " + (f"{args} " if args is not None else "") + f"-- {oneline}\n")
+        io.p("\nUse 'help commandname' for extended help.\n")
+        return 0
+    ct = io.find(argv[1])
+    if ct is None:
+        io.p(f"command {argv[1]} not found\n")
+        return 0
+    args, oneline, extended = HELP[ct.name]
+    io.p(f"{argv[1]} " + (f"{args} " if args is not None else "") + f"-- {oneline}\n")
+    io.p(extended)
+    return 0
+
+
+async def quit_f(io: QemuIo, argv: list[str]) -> int:
+    io.quit = True
+    return 0
+
+
+async def close_f(io: QemuIo, argv: list[str]) -> int:
+    await io.close()
+    return 0
+
+
+async def open_f(io: QemuIo, argv: list[str]) -> int:
+    read_only = False
+    force_share = False
+    direct = no_flush = False
+    writethrough = True
+    discard_unmap = True
+    aio: str | None = None
+    options: dict[str, Any] = {}
+    items, args = io.opts(argv, "snCro:ki:t:d:U")
+    for it in items:
+        if isinstance(it, OptError):
+            return io.bad_opt(it, "open")
+        c, arg = it.char, it.arg or ""
+        if c == "r":
+            read_only = True
+        elif c == "n":
+            direct, no_flush, writethrough = True, False, False
+        elif c == "U":
+            force_share = True
+        elif c == "k":
+            aio = "native"
+        elif c == "i":
+            if arg not in ("threads", "native", "io_uring"):
+                io.error_report(f"Invalid aio option: {arg}")
+                return EINVAL
+            aio = arg
+        elif c == "t":
+            mode = parse_cache_mode(arg)
+            if mode is None:
+                io.error_report(f"Invalid cache option: {arg}")
+                return EINVAL
+            direct, no_flush, writethrough = mode
+        elif c == "d":
+            d = parse_discard_mode(arg)
+            if d is None:
+                io.error_report(f"Invalid discard option: {arg}")
+                return EINVAL
+            discard_unmap = d
+        elif c == "o":
+            options.update(parse_keyval(arg))
+        elif c in ("s", "C"):
+            io.error_report(f"option -{c} is not supported by blockd-io")
+            return -errno.ENOTSUP
+    if len(args) == 1:
+        filename = args[0]
+    elif len(args) == 0 and options:
+        filename = options.pop("filename", "")
+    else:
+        return io.usage("open")
+    fmt = options.pop("driver", None)
+    params = OpenParams(filename, fmt, read_only, direct, no_flush, writethrough,
+                        discard_unmap, force_share, aio, options)
+    if io.blk is not None:
+        io.error_report("file open already, try 'help close'")
+        return -errno.EBUSY
+    return -errno.EINVAL if await io.open(params) else 0
+
+
+async def reopen_f(io: QemuIo, argv: list[str]) -> int:
+    """Reopen with new -r/-w/-c/-o by closing and opening again."""
+    assert io.blk is not None
+    if io.params is None:
+        io.error_report("Cannot reopen an image not opened by this session")
+        return -errno.ENOTSUP
+    params = OpenParams(**vars(io.params))
+    params.options = dict(io.params.options)
+    has_rw = False
+    items, args = io.opts(argv, "c:o:rw")
+    for it in items:
+        if isinstance(it, OptError):
+            return io.bad_opt(it, "reopen")
+        c, arg = it.char, it.arg or ""
+        if c == "c":
+            mode = parse_cache_mode(arg)
+            if mode is None:
+                io.error_report(f"Invalid cache option: {arg}")
+                return EINVAL
+            params.cache_direct, params.cache_no_flush, params.writethrough = mode
+        elif c == "o":
+            params.options.update(parse_keyval(arg))
+        elif c in ("r", "w"):
+            if has_rw:
+                io.error_report("Only one -r/-w option may be given")
+                return EINVAL
+            has_rw = True
+            params.read_only = c == "r"
+    if args:
+        return io.usage("reopen")
+    old = io.params
+    await io.close()
+    if await io.open(params):
+        await io.open(old)
+        return EINVAL
+    return 0
+
+
+async def break_f(io: QemuIo, argv: list[str]) -> int:
+    # Breakpoints need a blkdebug node, which blockd-io never opens.
+    io.p("Could not set breakpoint: Operation not supported\n")
+    return -errno.ENOTSUP
+
+
+async def remove_break_f(io: QemuIo, argv: list[str]) -> int:
+    io.p(f"Could not remove breakpoint {argv[1]}: Operation not supported\n")
+    return -errno.ENOTSUP
+
+
+async def resume_f(io: QemuIo, argv: list[str]) -> int:
+    io.p("Could not resume request: Operation not supported\n")
+    return -errno.ENOTSUP
+
+
+async def wait_break_f(io: QemuIo, argv: list[str]) -> int:
+    # Without blkdebug no request can ever be suspended (QEMU would wait forever).
+    return -errno.ENOTSUP
+
+
+async def abort_f(io: QemuIo, argv: list[str]) -> int:
+    io.out.flush()
+    os.abort()
+
+
+async def sigraise_f(io: QemuIo, argv: list[str]) -> int:
+    sig = io.num(argv[1])
+    if sig is None:
+        return EINVAL
+    if sig > NSIG:
+        io.p(f"signal argument '{argv[1]}' is too large to be a valid signal\n")
+        return EINVAL
+    io.out.flush()
+    io.err.flush()
+    os.kill(os.getpid(), sig)
+    return 0
+
+
+async def sleep_f(io: QemuIo, argv: list[str]) -> int:
+    try:
+        ms = _strtol0(argv[1])
+    except ValueError:
+        ms = -1
+    if ms < 0:
+        io.p(f"{argv[1]} is not a valid number\n")
+        return EINVAL
+    await asyncio.sleep(ms / 1000)
+    return 0
+
+
+_CLI_ONLY = frozenset({"open", "close", "quit"})
+
+_COMMANDS: tuple[Command, ...] = (
+    Command("abort", abort_f, nofile_ok=True),
+    Command("aio_flush", aio_flush_f),
+    Command("aio_read", aio_read_f, argmin=2, argmax=-1),
+    Command("aio_write", aio_write_f, argmin=2, argmax=-1, write=True),
+    Command("alloc", alloc_f, altname="a", argmin=1, argmax=2),
+    Command("break", break_f, argmin=2, argmax=2),
+    Command("close", close_f, altname="c"),
+    Command("discard", discard_f, altname="d", argmin=2, argmax=-1, write=True),
+    Command("flush", flush_f, altname="f"),
+    Command("help", help_f, altname="?", argmin=0, argmax=1, global_=True),
+    Command("info", info_f, altname="i"),
+    Command("length", length_f, altname="l"),
+    Command("map", map_f),
+    Command("open", open_f, altname="o", argmin=1, argmax=-1, global_=True),
+    Command("quit", quit_f, altname="q", global_=True),
+    Command("read", read_f, altname="r", argmin=2, argmax=-1),
+    Command("readv", readv_f, argmin=2, argmax=-1),
+    Command("remove_break", remove_break_f, argmin=1, argmax=1),
+    Command("reopen", reopen_f, argmin=0, argmax=-1),
+    Command("resume", resume_f, argmin=1, argmax=1),
+    Command("sigraise", sigraise_f, argmin=1, argmax=1, nofile_ok=True),
+    Command("sleep", sleep_f, argmin=1, argmax=1, nofile_ok=True),
+    Command("truncate", truncate_f, altname="t", argmin=1, argmax=3, write=True, resize=True),
+    Command("wait_break", wait_break_f, argmin=1, argmax=1),
+    Command("write", write_f, altname="w", argmin=2, argmax=-1, write=True),
+    Command("writev", writev_f, argmin=2, argmax=-1, write=True),
+)
+
+
+async def run_qemu_io_command(
+    drv: BlockDriver, cmdline: str, out: TextIO, err: TextIO | None = None,
+    *, prog: str = "qemu-storage-daemon",
+) -> None:
+    """Run one qemu-io command on an open node (HMP ``qemu-io`` of QEMU).
+
+    Output goes to ``out``; diagnostics to ``err`` (default: sys.stderr), as QEMU's
+    HMP qemu-io prints to the process's stdout/stderr.  ``open``/``close``/``quit``
+    are not available, as in QEMU.
+    """
+    session = QemuIo(out, err, prog=prog, blk=drv, standalone=False)
+    session.writethrough = False
+    await session.command(cmdline)
+    out.flush()
