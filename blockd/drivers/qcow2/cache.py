@@ -121,10 +121,16 @@ def resolve_cache_options(
     refcount_set = _is_set(options, "refcount-cache-size")
     entry_size_set = _is_set(options, "l2-cache-entry-size")
 
-    combined = int(options.get("cache-size") or 0)
-    l2_max_setting = int(options["l2-cache-size"]) if l2_set else DEFAULT_L2_CACHE_MAX_SIZE
-    refcount_size = int(options.get("refcount-cache-size") or 0)
-    entry_size = int(options["l2-cache-entry-size"]) if entry_size_set else cluster_size
+    def size(key: str, default: int) -> int:
+        from blockd.drivers.open import parse_size
+
+        val = options.get(key)
+        return default if val is None else parse_size(key, val)
+
+    combined = size("cache-size", 0)
+    l2_max_setting = size("l2-cache-size", DEFAULT_L2_CACHE_MAX_SIZE)
+    refcount_size = size("refcount-cache-size", 0)
+    entry_size = size("l2-cache-entry-size", cluster_size)
     l2_size = min(max_l2_cache, l2_max_setting)
 
     if combined_set:
@@ -168,7 +174,10 @@ def resolve_cache_options(
         raise GenericError("Refcount cache size too big")
 
     interval = options.get("cache-clean-interval")
-    clean = DEFAULT_CACHE_CLEAN_INTERVAL if interval is None else int(interval)
+    try:
+        clean = DEFAULT_CACHE_CLEAN_INTERVAL if interval is None else int(interval)
+    except (TypeError, ValueError):
+        raise GenericError("Parameter 'cache-clean-interval' expects a number") from None
     if clean < 0:
         # QemuOpts reads the number as uint64: a negative value wraps around.
         clean += 1 << 64

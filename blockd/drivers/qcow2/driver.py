@@ -323,11 +323,13 @@ class Qcow2Driver(BlockDriver):
     def _apply_options(self, options: dict[str, Any], flags: OpenFlags) -> None:
         """Runtime options (qcow2_update_options_prepare) with QEMU's errors."""
         self.cache_config = resolve_cache_options(options, self.cluster_size, self.size)
+        from blockd.drivers.open import parse_bool
+
         lazy = options.get("lazy-refcounts")
         use_lazy = (
             bool(self.header.compatible_features & H.COMPAT_LAZY_REFCOUNTS)
             if lazy is None
-            else bool(lazy)
+            else parse_bool("lazy-refcounts", lazy)
         )
         if use_lazy and self.header.version < 3:
             raise GenericError(
@@ -357,7 +359,7 @@ class Qcow2Driver(BlockDriver):
 
         def opt(key: str, default: bool) -> bool:
             val = options.get(key)
-            return default if val is None else bool(val)
+            return default if val is None else parse_bool(key, val)
 
         self.discard_passthrough = {
             DISCARD_NEVER: False,
@@ -980,8 +982,46 @@ class Qcow2Driver(BlockDriver):
             await self._barrier()
             await self._write_header_fields()
             await self._barrier()
-        if preallocation != "off" and length > old_size:
+        if preallocation in ("falloc", "full") and length > old_size:
+            await self._preallocate_area(old_size, length, preallocation)
+        elif preallocation == "metadata" and length > old_size:
             await self.preallocate(old_size, length, preallocation)
+
+    async def _preallocate_area(self, start: int, end: int, mode: str) -> None:
+        """falloc/full growth as QEMU does it: one new data area after a fresh
+        refcount area at the end of the file, then L2 entries pointing into it."""
+        cs = self.cluster_size
+        async with self._lock:
+            first = start // cs
+            last = -(-end // cs)
+            count = last - first
+            area_start = -(-self._f.get_length() // cs)
+            data = await self.rc.refcount_area(area_start, count)
+            self._rc_dirty = True
+            data_end = (data + count) * cs
+            if data_end > self._f.get_length():
+                await self._f.truncate(data_end, preallocation=mode)
+            self._file_len = max(self._file_len, data_end)
+            pos = first * cs
+            host = data * cs
+            unused: list[int] = []
+            while pos < last * cs:
+                l1_idx, l2_idx = self._split(pos)
+                await self._writable_l2(l1_idx)
+                n = min(last - (pos // cs), self.slice_entries - l2_idx % self.slice_entries)
+                old, _ = await self._entries(pos, n)
+                new = list(old)
+                for k, e in enumerate(old):
+                    if cluster_type(e) in (ClusterType.UNALLOCATED, ClusterType.ZERO_PLAIN):
+                        new[k] = (host + k * cs) | OFLAG_COPIED
+                    else:
+                        unused.append(host + k * cs)
+                await self._dependency_barrier()
+                await self._set_entries(pos, new)
+                pos += n * cs
+                host += n * cs
+            for off in unused:
+                await self._free(off, cs, DISCARD_OTHER)
 
     async def _write_header_fields(self) -> None:
         """Rewrite the header cluster (size/L1 fields changed)."""

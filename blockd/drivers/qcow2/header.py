@@ -299,7 +299,8 @@ def serialize_header(hdr: Qcow2Header) -> bytes:
         body += _ext(EXT_DATA_FILE, hdr.data_file.encode())
     if hdr.crypto_ext is not None:
         body += _ext(EXT_CRYPTO_HEADER, hdr.crypto_ext)
-    if hdr.version >= 3:
+    if hdr.version >= 3 and cluster_size > 4096:
+        # QEMU leaves the name table out of small clusters (room for the backing name).
         body += _ext(EXT_FEATURE_TABLE, feature_table_bytes())
     if hdr.bitmaps_ext is not None and hdr.autoclear_features & AUTOCLEAR_BITMAPS:
         body += _ext(EXT_BITMAPS, hdr.bitmaps_ext)

@@ -220,6 +220,59 @@ class Refcounts:
         # The old table is unreferenced now: give its clusters back.
         await self.update(old_off, old_clusters << self.cluster_bits, -1)
 
+    async def refcount_area(self, start: int, additional: int) -> int:
+        """Build a refcount table (and missing blocks) at cluster ``start`` that
+        covers itself plus ``additional`` clusters right after it, which get
+        refcount 1 (qcow2_refcount_area, used by falloc/full preallocation).
+
+        Returns the first cluster after the metadata area (= the data start).
+        """
+        per_cluster = self.cluster_size // 8
+        per_block = 1 << self.block_bits
+        new_blocks = 0
+        table_clusters = self.table_clusters
+        while True:
+            end = start + new_blocks + table_clusters + additional
+            rt_count = -(-end // per_block)
+            missing = [
+                rt
+                for rt in range(rt_count)
+                if rt >= len(self.table) or not self.table[rt] & REFT_OFFSET_MASK
+            ]
+            need_tc = max(self.table_clusters, -(-rt_count // per_cluster))
+            if len(missing) == new_blocks and need_tc == table_clusters:
+                break
+            new_blocks, table_clusters = len(missing), need_tc
+        new_table = list(self.table) + [0] * (table_clusters * per_cluster - len(self.table))
+        for i, rt in enumerate(missing):
+            new_table[rt] = (start + i) << self.cluster_bits
+        area_end = start + new_blocks + table_clusters
+        # Blocks: fresh ones are built whole; existing ones get the new counts.
+        for rt in range(rt_count):
+            lo = max(rt * per_block, start)
+            hi = min((rt + 1) * per_block, area_end + additional)
+            if lo >= hi:
+                continue
+            off = new_table[rt]
+            if rt in missing:
+                block = bytearray(self.cluster_size)
+            else:
+                block = await self.cache.get(off)
+            for c in range(lo, hi):
+                set_entry(block, c - rt * per_block, self.order, 1)
+            await self._write(off, bytes(block))
+            self.cache.put(off, block)
+        table_off = (start + new_blocks) << self.cluster_bits
+        await self._write(table_off, struct.pack(f">{len(new_table)}Q", *new_table))
+        await self._barrier()
+        old_off, old_clusters = self.table_offset, self.table_clusters
+        await self._set_location(table_off, table_clusters)
+        await self._barrier()
+        self.table_offset = table_off
+        self.table = new_table
+        await self.update(old_off, old_clusters << self.cluster_bits, -1)
+        return area_end
+
     async def update(self, offset: int, length: int, addend: int) -> None:
         """Add addend to the refcount of every cluster touching [offset, offset+length).
 
