@@ -272,6 +272,9 @@ async def open_node(
     else:
         child_opts = dict(child_opts)
         child_opts.setdefault("driver", "file")
+        if filename is not None and child_opts["driver"] == "file":
+            # "-o file.locking=off img": options refine the file named on the side.
+            child_opts.setdefault("filename", filename)
     child = await open_node(child_opts, flags, backing=False)
     probed = False
     try:

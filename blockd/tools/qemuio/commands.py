@@ -720,9 +720,12 @@ async def info_f(io: QemuIo, argv: list[str]) -> int:
     if drv.is_protocol and drv.name != "file":
         return 0
     io.p(f"cluster size: {cvtstr(float(cluster))}\n")
-    vm_state = 0
-    if cluster:
-        vm_state = int(getattr(drv, "vm_state_offset", 0) or 0)
+    vm_state = int(getattr(drv, "vm_state_offset", 0) or 0)
+    l2_bits = getattr(drv, "l2_bits", None)
+    if not vm_state and cluster and isinstance(l2_bits, int):
+        # qcow2 keeps VM state right after the guest area the L1 table can map.
+        shift = cluster.bit_length() - 1 + l2_bits
+        vm_state = -(-drv.get_length() >> shift) << shift
     io.p(f"vm state offset: {cvtstr(float(vm_state))}\n")
     spec = drv.format_specific_info()
     if spec:
