@@ -9,7 +9,7 @@ from blockd.drivers.base import BlockDriver, OpenFlags, driver_class
 from blockd.qmp.errors import GenericError
 from blockd.tools.img_cmds.common import Console, ImgExit
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
-from blockd.tools.img_cmds.image import KNOWN_FORMATS
+from blockd.tools.img_cmds.image import KNOWN_FORMATS, image_length
 from blockd.tools.img_cmds.opts import (
     CREATE_OPTS,
     OptionError,
@@ -181,7 +181,7 @@ async def _size_from_backing(
                 "Backing file specified without backing format", f"Detected format of {bs.name}."
             )
         if size == U64_MAX:
-            size = bs.get_length()
+            size = image_length(bs)
             opts.set_number("size", size)
     finally:
         await close_image(bs)

@@ -69,6 +69,12 @@ async def close_quietly(node: BlockDriver | None) -> None:
         await close_image(node)
 
 
+def image_length(node: BlockDriver) -> int:
+    """bdrv_getlength(): QEMU counts whole 512-byte sectors, so a 5-byte raw file
+    is a 512-byte image."""
+    return (node.get_length() + 511) & ~511
+
+
 def file_node(node: BlockDriver) -> BlockDriver:
     """The protocol node holding a layer's data (the layer itself for protocols)."""
     while node.file is not None and not node.is_protocol:
@@ -102,7 +108,7 @@ class LayerStatus:
 
 async def layer_status(node: BlockDriver, offset: int, length: int) -> LayerStatus:
     """Status of ``node`` alone at ``offset``, with the bits QEMU's generic code adds."""
-    size = node.get_length()
+    size = image_length(node)
     if offset >= size:
         return LayerStatus(BDRV_EOF, 0, None, None)
     length = min(length, size - offset)
@@ -123,7 +129,7 @@ async def layer_status(node: BlockDriver, offset: int, length: int) -> LayerStat
     else:
         # Unallocated here: zeros when nothing below can provide data.
         flags &= ~(BDRV_DATA | BDRV_ZERO)
-        if node.backing is None or offset >= node.backing.get_length():
+        if node.backing is None or offset >= image_length(node.backing):
             flags |= BDRV_ZERO
     fnode: BlockDriver | None = None
     host: int | None = None

@@ -7,7 +7,12 @@ from typing import Any
 from blockd.drivers.base import BlockDriver
 from blockd.tools.img_cmds.common import Console, ImgExit, parse_output_format
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
-from blockd.tools.img_cmds.image import allocated_file_size, close_quietly, open_for_tool
+from blockd.tools.img_cmds.image import (
+    allocated_file_size,
+    close_quietly,
+    image_length,
+    open_for_tool,
+)
 from blockd.tools.img_cmds.qjson import dump_human, to_json_pretty
 from blockd.tools.img_cmds.sizes import size_to_str
 from blockd.tools.img_cmds.usage import show_help
@@ -30,7 +35,7 @@ def image_info(node: BlockDriver, filename: str) -> dict[str, Any]:
     actual = allocated_file_size(node)
     if actual is not None:
         info["actual-size"] = actual
-    info["virtual-size"] = node.get_length()
+    info["virtual-size"] = image_length(node)
     cluster_size = int(getattr(node, "cluster_size", 0) or 0)
     if cluster_size:
         info["cluster-size"] = cluster_size

@@ -15,6 +15,7 @@ from blockd.tools.img_cmds.image import (
     BDRV_OFFSET_VALID,
     BDRV_ZERO,
     close_quietly,
+    image_length,
     layer_status,
     open_for_tool,
 )
@@ -158,7 +159,7 @@ async def run(con: Console, argv: list[str]) -> int:
 
 
 async def _map(con: Console, node: BlockDriver, ofmt: str, start: int, max_length: int) -> int:
-    length = node.get_length()
+    length = image_length(node)
     if max_length != -1:
         length = min(start + max_length, length)
     if ofmt == "human":

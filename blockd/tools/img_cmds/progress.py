@@ -38,6 +38,8 @@ class Progress:
             current = delta
         else:
             current = _f32(self.current + _f32(_f32(delta / 100) * maximum))
+        # Rounding (and callers that overshoot) never show more than 100%.
+        current = min(current, _f32(100.0))
         self.current = current
         if (
             current == 0
