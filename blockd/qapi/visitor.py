@@ -107,6 +107,23 @@ def _strtol(text: str) -> int | None:
     return sign * int(t)
 
 
+def _strtod(text: str) -> float | None:
+    """qemu_strtod_finite(): the whole string, finite."""
+    t = text.lstrip(" \t\n\v\f\r")
+    if not t or "_" in t or t != t.rstrip():
+        return None
+    try:
+        num = float(t)
+    except ValueError:
+        if not t.lstrip("+-").lower().startswith("0x"):
+            return None
+        try:
+            num = float.fromhex(t)
+        except ValueError:
+            return None
+    return num if math.isfinite(num) else None
+
+
 def _strtosz(text: str) -> int | None:
     """qemu_strtosz(): a byte count with an optional binary suffix."""
     m = _SIZE_RE.match(text)
@@ -334,11 +351,8 @@ class InputVisitor:
                 return False
             raise self._value_error(name, "'on' or 'off'")
         if kind == "number":
-            try:
-                num = float(text)
-            except ValueError:
-                num = math.nan
-            if not math.isfinite(num) or text.strip() != text.lstrip():
+            num = _strtod(text)
+            if num is None:
                 raise self._value_error(name, "number")
             return num
         if kind == "size":
