@@ -121,7 +121,7 @@ def _version(prog: str) -> str:
 async def amain(argv: list[str]) -> int:
     prog = os.path.basename(argv[0]) if argv else "blockd-io"
     out, err = sys.stdout, sys.stderr
-    expanded = _expand_long(argv, prog)
+    expanded = _expand_long(argv, argv[0] if argv else prog)
     if isinstance(expanded, str):
         err.write(expanded)
         out.write(_USAGE.format(prog=prog))
@@ -139,7 +139,8 @@ async def amain(argv: list[str]) -> int:
     session = QemuIo(out, err, prog=prog)
     for it in items:
         if isinstance(it, OptError):
-            err.write(it.message.replace(f"{expanded[0]}:", f"{prog}:", 1))
+            # glibc's getopt names the program by argv[0] exactly as invoked.
+            err.write(it.message)
             out.write(_USAGE.format(prog=prog))
             return 1
         assert isinstance(it, Opt)
