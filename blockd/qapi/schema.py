@@ -277,6 +277,10 @@ class Schema:
         """Every command, in schema order (query-commands lists them reversed)."""
         return [e.name for e in self.entities if isinstance(e, CommandDef)]
 
+    def query_commands(self) -> list[dict[str, str]]:
+        """The ``query-commands`` result: QEMU lists the newest registration first."""
+        return [{"name": n} for n in reversed(self.command_names())]
+
     def event(self, name: str) -> EventDef | None:
         return self._events.get(name)
 
