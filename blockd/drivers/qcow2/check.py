@@ -10,6 +10,7 @@ that are too low and fixes OFLAG_COPIED flags.
 
 from __future__ import annotations
 
+import errno
 import struct
 from array import array
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from .cluster import (
     cluster_type,
 )
 from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
-from .refcount import REFT_OFFSET_MASK
+from .refcount import REFT_OFFSET_MASK, set_entry
 
 if TYPE_CHECKING:
     from .driver import Qcow2Driver
@@ -44,6 +45,8 @@ class Qcow2CheckResult:
     fragmented_clusters: int = 0
     compressed_clusters: int = 0
     messages: list[str] = field(default_factory=list)
+    # 0, or -errno when the check itself failed (qemu-img: "Check failed: %s").
+    ret: int = 0
 
 
 class _Counter:
@@ -156,16 +159,11 @@ async def _check_l1(
         await _check_l2(drv, cnt, res, l2, active)
 
 
-async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
-    """Check (and with repair="leaks"/"all" fix) the open image; caller holds the lock."""
-    res = Qcow2CheckResult()
-    fix_leaks = repair in ("leaks", "all")
-    fix_errors = repair == "all"
+async def _calculate(drv: Qcow2Driver, res: Qcow2CheckResult) -> tuple[_Counter, bool]:
+    """Build the in-memory refcounts (calculate_refcounts); returns (counter, rebuild)."""
     cs = drv.cluster_size
-    file_len = drv._f.get_length()
-    res.total_clusters = -(-drv.size // cs)
-    cnt = _Counter(drv, res, file_len)
-
+    cnt = _Counter(drv, res, drv._f.get_length())
+    rebuild = False
     cnt.inc(0, cs)
     await _check_l1(drv, cnt, res, drv.l1_offset, len(drv.l1), True)
     for sn in drv.snapshots:
@@ -177,9 +175,10 @@ async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
     nb_clusters = len(cnt.refs)
     for i, e in enumerate(rc.table):
         off = e & REFT_OFFSET_MASK
-        if e & ~REFT_OFFSET_MASK & ((1 << 64) - 1):
+        if e & ~REFT_OFFSET_MASK:
             res.messages.append(f"ERROR refcount table entry {i} has reserved bits set")
             res.corruptions += 1
+            rebuild = True
             continue
         if not off:
             continue
@@ -188,10 +187,12 @@ async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
                 f"ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
             )
             res.corruptions += 1
+            rebuild = True
             continue
         if (off >> drv.cluster_bits) >= nb_clusters:
             res.messages.append(f"ERROR refcount block {i} is outside image")
             res.corruptions += 1
+            rebuild = True
             continue
         cnt.inc(off, cs)
         if cnt.refs[off >> drv.cluster_bits] != 1:
@@ -199,9 +200,18 @@ async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
                 f"ERROR refcount block {i} refcount={cnt.refs[off >> drv.cluster_bits]}"
             )
             res.corruptions += 1
+            rebuild = True
+    return cnt, rebuild
 
-    # Compare with the stored refcounts.
+
+async def _compare(
+    drv: Qcow2Driver, res: Qcow2CheckResult, cnt: _Counter, fix_leaks: bool, fix_errors: bool
+) -> tuple[int, bool]:
+    """compare_refcounts(): (highest used cluster, rebuild needed)."""
+    rc = drv.rc
+    cs = drv.cluster_size
     highest = 0
+    rebuild = False
     refs = cnt.refs
     for i in range(len(refs)):
         try:
@@ -215,13 +225,17 @@ async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
             highest = i
         if stored == want:
             continue
-        fixing = (stored > want and fix_leaks) or (stored < want and fix_errors)
+        fixing = False
+        if stored == 0:
+            rebuild = True
+        elif stored > want and fix_leaks:
+            fixing = True
+        elif stored < want and fix_errors:
+            fixing = True
         kind = "Repairing" if fixing else ("ERROR" if stored < want else "Leaked")
         res.messages.append(f"{kind} cluster {i} refcount={stored} reference={want}")
         if fixing:
             try:
-                if stored < want:
-                    await rc._ensure_blocks(i, 1)
                 await rc.update(i << drv.cluster_bits, cs, want - stored)
                 rc.take_freed()
                 if stored > want:
@@ -235,6 +249,123 @@ async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
             res.corruptions += 1
         else:
             res.leaks += 1
+    return highest, rebuild
+
+
+async def _rebuild(drv: Qcow2Driver, cnt: _Counter) -> None:
+    """Write a fresh refcount table and blocks from the computed references
+    (rebuild_refcount_structure) into free clusters, then switch the header."""
+    rc = drv.rc
+    cs = drv.cluster_size
+    refs = cnt.refs
+    per_block = 1 << rc.block_bits
+    per_cluster = cs // 8
+
+    def first_free(count: int) -> int:
+        run = 0
+        i = 0
+        while True:
+            if i >= len(refs) or refs[i] == 0:
+                run += 1
+                if run == count:
+                    start = i - count + 1
+                    if i >= len(refs):
+                        refs.extend([0] * (i + 1 - len(refs)))
+                    for c in range(start, start + count):
+                        refs[c] = 1
+                    return start
+            else:
+                run = 0
+            i += 1
+
+    blocks: dict[int, int] = {}
+    table_off = -1
+    table_clusters = 0
+    while True:
+        changed = False
+        nblocks = -(-len(refs) // per_block)
+        for rt in range(nblocks):
+            if rt in blocks:
+                continue
+            if any(refs[rt * per_block : (rt + 1) * per_block]):
+                blocks[rt] = first_free(1)
+                changed = True
+        need = -(-(max(blocks) + 1 if blocks else 1) // per_cluster)
+        if need > table_clusters:
+            if table_off >= 0:
+                for c in range(table_off, table_off + table_clusters):
+                    refs[c] = 0
+            table_off = first_free(need)
+            table_clusters = need
+            changed = True
+        if not changed:
+            break
+    table = [0] * (table_clusters * per_cluster)
+    for rt, c in blocks.items():
+        block = bytearray(cs)
+        for i in range(per_block):
+            idx = rt * per_block + i
+            if idx < len(refs) and refs[idx]:
+                set_entry(block, i, rc.order, min(refs[idx], rc.max_refcount))
+        await drv._pwrite(c << drv.cluster_bits, bytes(block))
+        table[rt] = c << drv.cluster_bits
+    await drv._pwrite(table_off << drv.cluster_bits, struct.pack(f">{len(table)}Q", *table))
+    await drv._f.flush()
+    await drv._set_reftable_location(table_off << drv.cluster_bits, table_clusters)
+    await drv._f.flush()
+    rc.table = table
+    rc.table_offset = table_off << drv.cluster_bits
+    rc.cache.clear()
+    rc.free_cluster_index = 0
+
+
+async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
+    """Check (and with repair="leaks"/"all" fix) the open image; caller holds the lock.
+
+    Follows qcow2_check_refcounts(): a first comparison only reports; then either
+    the refcount structure is rebuilt (refcounts of 0 for used clusters, broken
+    refcount blocks; needs "all"), or the comparison is repeated fixing what the
+    mode allows.  When a rebuild is needed but not allowed, ``ret`` is -EIO and
+    qemu-img prints "Check failed: Input/output error".
+    """
+    res = Qcow2CheckResult()
+    fix_leaks = repair in ("leaks", "all")
+    fix_errors = repair == "all"
+    cs = drv.cluster_size
+    res.total_clusters = -(-drv.size // cs)
+    cnt, rebuild = await _calculate(drv, res)
+    pre = (res.corruptions, res.leaks, res.check_errors)
+    highest, rebuild2 = await _compare(drv, res, cnt, False, False)
+    rebuild = rebuild or rebuild2
+    if rebuild and fix_errors:
+        old_corruptions, old_leaks = res.corruptions, res.leaks
+        res.messages.append("Rebuilding refcount structure")
+        await _rebuild(drv, cnt)
+        res.corruptions = res.leaks = 0
+        frag = (res.allocated_clusters, res.fragmented_clusters, res.compressed_clusters)
+        cnt, _ = await _calculate(drv, res)
+        res.allocated_clusters, res.fragmented_clusters, res.compressed_clusters = frag
+        saved = (res.corruptions, res.leaks, res.leaks_fixed, res.corruptions_fixed)
+        res.leaks = 0
+        highest, still = await _compare(drv, res, cnt, True, False)
+        if still:
+            res.messages.append("ERROR rebuilt refcount structure is still broken")
+        fresh_leaks = res.leaks
+        res.corruptions, res.leaks, res.leaks_fixed, res.corruptions_fixed = saved
+        if res.corruptions < old_corruptions:
+            res.corruptions_fixed += old_corruptions - res.corruptions
+        if res.leaks < old_leaks:
+            res.leaks_fixed += old_leaks - res.leaks
+        res.leaks += fresh_leaks
+    elif repair:
+        if rebuild:
+            res.messages.append("ERROR need to rebuild refcount structures")
+            res.check_errors += 1
+            res.ret = -errno.EIO
+            return res
+        if res.leaks or res.corruptions:
+            res.corruptions, res.leaks, res.check_errors = pre
+            highest, _ = await _compare(drv, res, cnt, fix_leaks, fix_errors)
 
     await _check_copied(drv, res, fix_errors)
     res.image_end_offset = (highest + 1) * cs

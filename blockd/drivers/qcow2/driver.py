@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import struct
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -71,6 +73,11 @@ DISCARD_ALWAYS = "always"
 OVERLAP_TEMPLATES = ("none", "constant", "cached", "all")
 
 
+def _hx(value: int) -> str:
+    """C's %#x: no 0x prefix for zero."""
+    return f"{value:#x}" if value else "0"
+
+
 def _eio(msg: str = "Input/output error") -> OSError:
     return OSError(errno.EIO, msg)
 
@@ -119,6 +126,9 @@ class Qcow2Driver(BlockDriver):
         self._barriers = True
         self._closed = False
         self.cache_config: CacheConfig | None = None
+        self._corruption_reported = False
+        # Hook for the graph engine (BLOCK_IMAGE_CORRUPTED): (message, fatal).
+        self.on_corruption: Callable[[str, bool], None] | None = None
 
     # --- helpers over the file child -------------------------------------
 
@@ -151,15 +161,29 @@ class Qcow2Driver(BlockDriver):
             await self._f.flush()
 
     async def _signal_corruption(self, msg: str) -> None:
-        """Mark the image corrupt (QEMU's qcow2_signal_corruption, fatal case)."""
-        if not self.corrupt and not self.read_only:
+        """QEMU's qcow2_signal_corruption(): report once, mark the image corrupt
+        when writable (fatal), fail the request with EIO."""
+        fatal = not self.read_only
+        if not self._corruption_reported:
+            self._corruption_reported = True
+            if fatal:
+                text = (
+                    f"qcow2: Marking image as corrupt: {msg}; further corruption events "
+                    "will be suppressed"
+                )
+            else:
+                text = (
+                    f"qcow2: Image is corrupt: {msg}; further non-fatal corruption events "
+                    "will be suppressed"
+                )
+            sys.stderr.write(text + "\n")
+            if self.on_corruption is not None:
+                self.on_corruption(msg, fatal)
+        if fatal and not self.corrupt:
             self.corrupt = True
             self.header.incompatible_features |= H.INCOMPAT_CORRUPT
             await self._write_incompat()
-        self.corrupt = True
-        raise _eio(
-            f"qcow2: Marking image as corrupt: {msg}; further corruption events will be suppressed"
-        )
+        raise _eio()
 
     async def _write_incompat(self) -> None:
         if self.header.version < 3:
@@ -192,10 +216,12 @@ class Qcow2Driver(BlockDriver):
         f = self._f
         self._file_len = f.get_length()
         first = await f.read(0, H.FULL_HEADER_LENGTH)
+        # Read the whole header cluster at once when the cluster size is sane, so
+        # that errors needing the extensions (feature names) can see them.
+        bits = struct.unpack_from(">I", first.ljust(24, b"\0"), 20)[0]
+        if H.MIN_CLUSTER_BITS <= bits <= H.MAX_CLUSTER_BITS:
+            first = await f.read(0, 1 << bits)
         hdr = H.parse_header(first, check_mode=check_mode, read_write=not self.read_only)
-        if hdr.cluster_size > len(first):
-            buf = await f.read(0, hdr.cluster_size)
-            hdr = H.parse_header(buf, check_mode=check_mode, read_write=not self.read_only)
         self.header = hdr
         self.cluster_bits = hdr.cluster_bits
         self.cluster_size = hdr.cluster_size
@@ -491,7 +517,7 @@ class Qcow2Driver(BlockDriver):
             return [0] * n, 0
         if l2_off & (self.cluster_size - 1):
             await self._signal_corruption(
-                f"L2 table offset {l2_off:#x} unaligned (L1 index: {l1_idx:#x})"
+                f"L2 table offset {_hx(l2_off)} unaligned (L1 index: {_hx(l1_idx)})"
             )
         await self._check_host_range(l2_off, self.cluster_size, "L2 table")
         slc, first, _ = await self._l2_slice(l2_off, l2_idx)
@@ -519,8 +545,8 @@ class Qcow2Driver(BlockDriver):
                     if base & (cs - 1):
                         l2i = (first_cluster + i) & (self.l2_size - 1)
                         await self._signal_corruption(
-                            f"Cluster allocation offset {base:#x} unaligned "
-                            f"(L2 offset: {l2_off:#x}, L2 index: {l2i:#x})"
+                            f"Cluster allocation offset {_hx(base)} unaligned "
+                            f"(L2 offset: {_hx(l2_off)}, L2 index: {_hx(l2i)})"
                         )
                     host = base + (s - cstart)
                 writable = ct == ClusterType.NORMAL and bool(e & OFLAG_COPIED)
