@@ -106,6 +106,9 @@ class Schema:
             if not any(k in d.expr for k in ("enum", "struct", "alternate", "union",
                                               "command", "event", "pragma")):
                 raise QAPISchemaError(f"{d.fname}:{d.line}: unknown expression kind")
+        for typ in self._types.values():
+            if isinstance(typ, ObjectType):
+                typ.freeze()
 
     def _add_type(self, typ: QAPIType, d: Definition) -> None:
         if typ.name in self._types:

@@ -126,6 +126,8 @@ class ObjectType(QAPIType):
     variants: list[Variant] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     implicit: bool = False
+    _frozen_members: list[Member] | None = field(default=None, repr=False)
+    _variant_map: dict[str, ObjectType] | None = field(default=None, repr=False)
 
     @property
     def json_type(self) -> str:
@@ -133,8 +135,15 @@ class ObjectType(QAPIType):
 
     @property
     def members(self) -> list[Member]:
+        if self._frozen_members is not None:
+            return self._frozen_members
         base = self.base.members if self.base is not None else []
         return [*base, *self.local_members]
+
+    def freeze(self) -> None:
+        """Cache the flattened members and branches once the schema is loaded."""
+        self._frozen_members = self.members
+        self._variant_map = {v.case: v.type for v in self.variants}
 
     @property
     def is_union(self) -> bool:
@@ -147,6 +156,8 @@ class ObjectType(QAPIType):
         return None
 
     def variant(self, case: str) -> ObjectType | None:
+        if self._variant_map is not None:
+            return self._variant_map.get(case)
         for v in self.variants:
             if v.case == case:
                 return v.type

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from blockd.qapi.ghash import GHashKeys, unvisited_keys
+from blockd.qapi.ghash import unvisited_keys
 from blockd.qapi.types import (
     INT_RANGES,
     AlternateType,
@@ -50,7 +50,7 @@ class _Frame:
 
     name: str | None
     obj: dict[str, Any] | list[Any]
-    keys: GHashKeys | None = None  # unvisited keys of a dict
+    consumed: list[str] | None = None  # keys of a dict visited so far, in order
     index: int = -1  # index of the list element last taken
     pos: int = 0  # next list element
 
@@ -187,8 +187,8 @@ class InputVisitor:
         if isinstance(top.obj, dict):
             assert name is not None
             value = top.obj.get(name, _MISSING)
-            if consume and value is not _MISSING and top.keys is not None:
-                top.keys.remove(name)
+            if consume and value is not _MISSING and top.consumed is not None:
+                top.consumed.append(name)
             return value
         value = top.obj[top.pos] if top.pos < len(top.obj) else _MISSING
         if consume:
@@ -229,15 +229,21 @@ class InputVisitor:
         value = self._get(name)
         if not isinstance(value, dict):
             raise self._type_error(name, "object")
-        self.stack.append(_Frame(name, value, keys=unvisited_keys(list(value))))
+        self.stack.append(_Frame(name, value, consumed=[]))
         return value
 
     def check_struct(self) -> None:
         top = self.stack[-1]
-        assert top.keys is not None
-        key = top.keys.first()
-        if key is not None:
-            raise GenericError(f"Parameter '{self.full_name(key)}' is unexpected")
+        assert isinstance(top.obj, dict) and top.consumed is not None
+        if len(top.consumed) == len(top.obj):
+            return
+        # Name the key QEMU's hash table of unvisited keys yields first.
+        table = unvisited_keys(list(top.obj))
+        for key in top.consumed:
+            table.remove(key)
+        first = table.first()
+        assert first is not None
+        raise GenericError(f"Parameter '{self.full_name(first)}' is unexpected")
 
     def end_struct(self) -> None:
         self.stack.pop()
