@@ -60,6 +60,19 @@ _NONCHAR_CLASS = "\ufdd0-\ufdef" + "".join(
     f"{chr(p * 0x10000 + 0xFFFE)}{chr(p * 0x10000 + 0xFFFF)}" for p in range(17)
 )
 _NONCHAR = re.compile(f"[{_NONCHAR_CLASS}]")
+
+
+def _has_nonchar(b: bytes, s: str) -> bool:
+    """Does ``s`` (the UTF-8 decoding of ``b``) hold a Unicode noncharacter?
+
+    Noncharacters encode as EF B7 90..AF (U+FDD0..U+FDEF) or end in BF BE /
+    BF BF (U+xFFFE / U+xFFFF); the byte test is a cheap necessary condition.
+    """
+    if b"\xef\xb7" not in b and b"\xbf\xbe" not in b and b"\xbf\xbf" not in b:
+        return False
+    return _NONCHAR.search(s) is not None
+
+
 _MIN_CP = (0x80, 0x800, 0x10000, 0x200000, 0x4000000)
 
 
@@ -105,12 +118,14 @@ def qemu_decode(b: bytes) -> str:
     Each invalid sequence becomes U+FFFD, ``C0 80`` becomes U+0000 (modified
     UTF-8) -- exactly what ``qobject_to_json`` prints for the string.
     """
+    if b.isascii():
+        return b.decode("ascii")
     try:
         s = b.decode("utf-8")
     except UnicodeDecodeError:
         pass
     else:
-        if not _NONCHAR.search(s):
+        if not _has_nonchar(b, s):
             return s
     out: list[str] = []
     pos = 0
@@ -170,13 +185,51 @@ _TOKEN = re.compile(
     rb"""
     ([ \t\r\n]++)                                                   # 1 whitespace
   | ([{}\[\]:,])                                                    # 2 structural
-  | ("(?:[\x20\x21\x23-\x5b\x5d-\xfd]|\\[\x20-\xfd])*+")            # 3 "string"
-  | ('(?:[\x20-\x26\x28-\x5b\x5d-\xfd]|\\[\x20-\xfd])*+')           # 4 'string'
+  | ("(?:[\x20\x21\x23-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+")          # 3 "string"
+  | ('(?:[\x20-\x26\x28-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+')         # 4 'string'
   | (-?(?:0|[1-9][0-9]*+)(\.[0-9]++)?([eE][-+]?[0-9]++)?)(?![0-9.eE])(?=[\x00-\xff])  # 5
   | ([a-z]++)(?=[^a-z])                                             # 8 keyword
     """,
     re.X,
 )
+
+# Inside a container: a run of tokens that neither open nor close one (so they
+# cannot change the nesting or complete a value), queued in one go.
+_INNER_RUN = re.compile(
+    rb"""(?:
+        [ \t\r\n:,]++
+      | "(?:[\x20\x21\x23-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+"
+      | '(?:[\x20-\x26\x28-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+'
+      | -?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?(?![0-9.eE])(?=[\x00-\xff])
+      | [a-z]++(?=[^a-z])
+    )++""",
+    re.X,
+)
+_INNER_TOKENS = re.compile(
+    rb"""[:,]
+      | "(?:[\x20\x21\x23-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+"
+      | '(?:[\x20-\x26\x28-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+'
+      | -?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?
+      | [a-z]++""",
+    re.X,
+)
+_BATCH_WINDOW = 1 << 16  # bounds the transient token list
+
+
+def _classify(tok: bytes) -> int:
+    c = tok[0]
+    if c == 0x3A:
+        return _COLON
+    if c == 0x2C:
+        return _COMMA
+    if c == 0x22 or c == 0x27:
+        return _STRING
+    if 0x61 <= c <= 0x7A:
+        return _KEYWORD
+    if b"." in tok or b"e" in tok or b"E" in tok:
+        return _FLOAT
+    return _INTEGER
+
 
 # Runs that keep the DFA in the same state (the token just grows).
 _RUN_DQ = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\xfd]+")
@@ -229,7 +282,7 @@ def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs_hook)
-_FAST_MAX = 1 << 20  # longer values are rare; leave them to the exact machine
+_FAST_MAX = 1 << 24  # bigger chunks are not worth a speculative decode
 
 
 class _Fail(Exception):
@@ -275,12 +328,14 @@ _SIMPLE_ESCAPES = {
 
 def _decode_raw(b: bytes) -> str:
     """Unescaped string bytes, as ``parse_string``'s default branch decodes them."""
+    if b.isascii():
+        return b.decode("ascii")
     try:
         s = b.decode("utf-8")
     except UnicodeDecodeError:
         pass
     else:
-        if not _NONCHAR.search(s):
+        if not _has_nonchar(b, s):
             return s
         # A noncharacter: mod_utf8_codepoint rejects it.
         raise _Fail(b"invalid UTF-8 sequence in string")
@@ -487,9 +542,9 @@ def _parse_tokens(buf: bytes) -> Any:
             break  # parse the next element
 
 
-def _parse_message(buf: bytes) -> Any:
+def _parse_message(buf: bytes, fast: bool = True) -> Any:
     """Parse one balanced token queue: a value or a :class:`JSONParseError`."""
-    if len(buf) <= _FAST_MAX and buf.isascii():
+    if fast and buf.isascii():
         text = buf.decode("ascii")
         if _SUBSET.fullmatch(text):
             try:
@@ -514,9 +569,11 @@ class JSONStreamParser:
     :meth:`reset` when a new client connects (QEMU re-creates the parser).
     """
 
-    __slots__ = ("_brace", "_bracket", "_ntokens", "_out", "_queue", "_state", "_tok")
+    __slots__ = ("_brace", "_bracket", "_fast_ok", "_ntokens", "_out", "_queue", "_state", "_tok")
 
-    def __init__(self) -> None:
+    def __init__(self, *, fast: bool = True) -> None:
+        """``fast=False`` disables every ``json``/regex shortcut (for testing)."""
+        self._fast_ok = fast
         self._out: list[Any] = []
         self.reset()
 
@@ -535,7 +592,13 @@ class JSONStreamParser:
         """Consume ``data``; return the complete values and errors it finished."""
         out: list[Any] = []
         self._out = out
-        if self._state == _IN_START and not self._ntokens and data.isascii():
+        if (
+            self._fast_ok
+            and self._state == _IN_START
+            and not self._ntokens
+            and len(data) <= _FAST_MAX
+            and data.isascii()
+        ):
             data = self._fast(data, out)
             if not data:
                 return out
@@ -558,7 +621,16 @@ class JSONStreamParser:
                 value, end = _DECODER.raw_decode(text, i)
             except (ValueError, RecursionError):
                 break
-            if end - i > _FAST_MAX or not _SUBSET.fullmatch(text, i, end):
+            # Within the limits QEMU enforces while queueing (token_size +
+            # len + 1 <= span + 1, tokens <= span bytes, depth <= brackets)?
+            span = end - i
+            if (
+                span > _FAST_MAX
+                or span >= MAX_TOKEN_SIZE
+                or span > MAX_TOKEN_COUNT
+                or text.count("[", i, end) + text.count("{", i, end) > MAX_NESTING
+                or not _SUBSET.fullmatch(text, i, end)
+            ):
                 break
             out.append(value)
             i = _JSON_WS.match(text, end).end()  # type: ignore[union-attr]
@@ -609,7 +681,7 @@ class JSONStreamParser:
             return
         buf = bytes(queue)
         self._reset_queue()
-        self._out.append(_parse_message(buf))
+        self._out.append(_parse_message(buf, self._fast_ok))
 
     # -- lexer (json-lexer.c) -----------------------------------------------
 
@@ -617,8 +689,14 @@ class JSONStreamParser:
         n = len(data)
         pos = 0
         token_re = _TOKEN.match
+        fast = self._fast_ok
         while pos < n:
-            if self._state == _IN_START:
+            if fast and self._state == _IN_START:
+                if self._ntokens:
+                    end = self._batch(data, pos)
+                    if end != pos:
+                        pos = end
+                        continue
                 m = token_re(data, pos)
                 if m is not None:
                     idx = m.lastindex
@@ -640,6 +718,32 @@ class JSONStreamParser:
                         pos = end
                         continue
             pos = self._step(data, pos)
+
+    def _batch(self, data: bytes, pos: int) -> int:
+        """Queue a run of inner tokens at ``data[pos]`` at once; return its end.
+
+        Only when no token of the run can hit a limit (then none is longer than
+        MAX_TOKEN_SIZE either, so the lexer would not have cut one); otherwise
+        (rare) the tokens go through :meth:`_token` one by one.
+        """
+        m = _INNER_RUN.match(data, pos, min(len(data), pos + _BATCH_WINDOW))
+        if m is None:
+            return pos
+        end = m.end()
+        toks = _INNER_TOKENS.findall(data, pos, end)
+        if not toks:
+            return end
+        queue = self._queue
+        size = sum(map(len, toks))
+        token_size = len(queue) - self._ntokens
+        if token_size + size + 1 <= MAX_TOKEN_SIZE and self._ntokens + len(toks) <= MAX_TOKEN_COUNT:
+            queue += b" ".join(toks)
+            queue.append(0x20)
+            self._ntokens += len(toks)
+            return end
+        for tok in toks:
+            self._token(_classify(tok), tok)
+        return end
 
     def _emit_tok(self, ttype: int) -> None:
         text = bytes(self._tok)
