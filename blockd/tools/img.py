@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from blockd.tools.img_cmds import check, compare, convert, create, info, map, rebase, resize
 from blockd.tools.img_cmds.common import Console, ImgExit
 from blockd.tools.img_cmds.usage import VERSION, show_help
 
-Handler = Callable[[Console, list[str]], Awaitable[int]]
+Handler = Callable[[Console, list[str]], Coroutine[Any, Any, int]]
 
 COMMANDS: dict[str, Handler] = {
     "check": check.run,
@@ -49,16 +50,12 @@ def _dispatch(con: Console, argv: list[str]) -> int:
         if arg == "-T" or (len(arg) > 3 and "--trace".startswith(arg)):
             # Tracing is accepted for compatibility and ignored.
             if i >= len(argv):
-                con.error_report(f"missing argument for option '{arg}'")
-                con.error_print("Try 'qemu-img --help' for more information\n")
-                return 0
+                raise con.error_exit(f"missing argument for option '{arg}'")
             i += 1
             continue
         if arg.startswith("-T") or arg.startswith("--trace="):
             continue
-        con.error_report(f"unrecognized option '{arg}'")
-        con.error_print("Try 'qemu-img --help' for more information\n")
-        return 0
+        raise con.error_exit(f"unrecognized option '{arg}'")
     rest = argv[i:]
     if not rest:
         return 0

@@ -88,9 +88,7 @@ def human_check(r: dict[str, int]) -> str:
                 "This means waste of disk space, but no harm to data.\n"
             )
         if r["check_errors"]:
-            out.append(
-                f"\n{r['check_errors']} internal errors have occurred during the check.\n"
-            )
+            out.append(f"\n{r['check_errors']} internal errors have occurred during the check.\n")
     total, alloc = r["total_clusters"], r["allocated_clusters"]
     if total and alloc:
         out.append(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 
-class ImgExit(Exception):  # noqa: N818 - it is a control-flow signal, not an error type
+class ImgExit(Exception):
     """Unwind to ``main`` and exit with ``code`` (everything was already printed)."""
 
     def __init__(self, code: int) -> None:

@@ -71,7 +71,9 @@ class _Compare:
             return await node.read(offset, n)
         except (GenericError, OSError) as e:
             text = e.desc if isinstance(e, GenericError) else (e.strerror or str(e))
-            raise self.con.fail(f"Error while reading offset {offset} of {name}: {text}", 4)
+            raise self.con.fail(
+                f"Error while reading offset {offset} of {name}: {text}", 4
+            ) from None
 
     async def check_empty(self, node: BlockDriver, name: str, offset: int, n: int) -> None:
         idx = find_nonzero(await self.read(node, name, offset, n))

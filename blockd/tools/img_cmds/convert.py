@@ -244,11 +244,13 @@ async def do_copy(con: Console, s: ConvertState, prog: Progress) -> None:
             try:
                 buf = await _read(s, sector, n)
             except (GenericError, OSError) as e:
-                raise con.fail(f"error while reading at byte {sector * SECTOR}: {_text(e)}")
+                raise con.fail(
+                    f"error while reading at byte {sector * SECTOR}: {_text(e)}"
+                ) from None
         try:
             await _write(s, sector, n, buf, status)
         except (GenericError, OSError) as e:
-            raise con.fail(f"error while writing at byte {sector * SECTOR}: {_text(e)}")
+            raise con.fail(f"error while writing at byte {sector * SECTOR}: {_text(e)}") from None
         if status == BLK_DATA:
             done += n
             prog.print(100.0 * done / s.allocated_sectors, 0)

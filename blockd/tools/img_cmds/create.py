@@ -241,8 +241,7 @@ async def _create_qcow2(filename: str, size: int, opts: QemuOpts) -> None:
     if opts.get_bool("extended_l2", False):
         if cluster_size < 16384:
             raise CreateError(
-                "Extended L2 entries are only supported with cluster sizes of at least "
-                "16384 bytes"
+                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"
             )
         raise CreateError("Extended L2 entries are not supported by blockd")
     ctype = opts.get_str("compression_type") or "zlib"

@@ -46,13 +46,6 @@ async def open_for_tool(
     """img_open(): open or report and exit with ``code``."""
     from blockd.drivers.open import open_image
 
-    if fmt is not None:
-        from blockd.drivers.base import driver_class
-
-        try:
-            driver_class(fmt)
-        except GenericError:
-            raise con.fail(f"Unknown file format '{fmt}'", code) from None
     try:
         return await open_image(
             filename, fmt, read_only=read_only, backing=backing, force_share=force_share

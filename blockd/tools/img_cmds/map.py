@@ -99,9 +99,7 @@ def dump_entry(con: Console, ofmt: str, e: MapEntry, nxt: MapEntry | None) -> No
         if e.data and e.offset is None:
             raise con.fail("File contains external, encrypted or compressed clusters.")
         if e.data and not e.zero:
-            con.print(
-                f"{_hex(e.start)}{_hex(e.length)}{_hex(e.offset or 0)}{e.filename or ''}\n"
-            )
+            con.print(f"{_hex(e.start)}{_hex(e.length)}{_hex(e.offset or 0)}{e.filename or ''}\n")
         # The human format does not tell 0, ZERO and ZERO|DATA apart: coalesce them.
         if nxt is not None and (not nxt.data or nxt.zero):
             nxt.data = False

@@ -267,9 +267,7 @@ def format_help(fmt: str, with_filename: bool) -> str:
         title = "Supported options:\n"
         tail = ""
     else:
-        shown = sorted(
-            (d for d in descs if fmt != "raw" or d.name == "size"), key=lambda d: d.name
-        )
+        shown = sorted((d for d in descs if fmt != "raw" or d.name == "size"), key=lambda d: d.name)
         if fmt == "qcow2":
             shown = [d for d in shown if d.name not in ("nocow", "extent_size_hint")]
         title = f"Supported {fmt} options:\n"

@@ -109,7 +109,8 @@ async def _rebase(
                     )
                     opened_new = True
                 except GenericError as e:
-                    raise con.fail(f"Could not open new backing file '{out_img}': {e.desc}") from None
+                    msg = f"Could not open new backing file '{out_img}': {e.desc}"
+                    raise con.fail(msg) from None
         if not unsafe:
             await _copy_differences(con, bs, new_backing, prefix, prog)
         return await _change_backing(con, bs, out_img, out_fmt, prog)
@@ -201,7 +202,9 @@ async def _change_backing(
         )
         ret = 1
     elif change is None:
-        con.error_report(f"Could not change the backing file to '{out_img}': Operation not supported")
+        con.error_report(
+            f"Could not change the backing file to '{out_img}': Operation not supported"
+        )
         ret = 1
     else:
         try:
