@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 from blockd.tools.qemuio.commands import (
@@ -227,14 +229,53 @@ async def amain(argv: list[str]) -> int:
     return 1 if last_error < 0 else 0
 
 
+class _StdinLines:
+    """Line reader for stdin that never blocks the event loop.
+
+    Pipes and terminals are watched by the loop (cheap); a regular file cannot be
+    polled but never blocks either, so it is read directly.
+    """
+
+    def __init__(self) -> None:
+        self.reader: asyncio.StreamReader | None = None
+        self.direct = False
+
+    async def setup(self) -> None:
+        try:
+            mode = os.fstat(sys.stdin.fileno()).st_mode
+        except (OSError, ValueError):
+            mode = 0
+        if stat.S_ISREG(mode):
+            self.direct = True
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        try:
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+            )
+            self.reader = reader
+        except (OSError, ValueError):
+            self.direct = False
+
+    async def readline(self) -> str:
+        if self.reader is not None:
+            return (await self.reader.readline()).decode("utf-8", "surrogateescape")
+        if self.direct:
+            return sys.stdin.readline()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, sys.stdin.readline)
+
+
 async def _interactive(session: QemuIo, prog: str) -> int:
     """Read commands from stdin with the "PROG> " prompt until EOF or quit."""
-    loop = asyncio.get_running_loop()
+    lines = _StdinLines()
+    await lines.setup()
     last_error = 0
     while not session.quit:
         session.out.write(f"{prog}> ")
         session.out.flush()
-        line = await loop.run_in_executor(None, sys.stdin.readline)
+        line = await lines.readline()
         if not line:
             break
         ret = await session.command(line.rstrip("\n"))
@@ -243,11 +284,21 @@ async def _interactive(session: QemuIo, prog: str) -> int:
     return last_error
 
 
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when available: cheaper wake-ups from the I/O threads."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``blockd-io``)."""
     args = list(sys.argv if argv is None else argv)
     try:
-        rc = asyncio.run(amain(args))
+        rc = _run(amain(args))
     except KeyboardInterrupt:
         rc = 130
     sys.stdout.flush()
