@@ -17,6 +17,7 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -104,6 +105,17 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f.seek(0x20000 + 2 * 2)
         f.write(struct.pack(">H", 2))
     (d / "five.raw").write_bytes(b"hello")
+    img("create", "-q", "-f", "qcow2", "snap.qcow2", "4M")
+    _qemu_io(d, "qcow2", "snap.qcow2", "write -P 7 0 64k")
+    img("snapshot", "-c", "first", "snap.qcow2")
+    _qemu_io(d, "qcow2", "snap.qcow2", "write -P 8 0 64k")
+    img("snapshot", "-c", "a rather long snapshot name", "snap.qcow2")
+    shutil.copyfile(d / "empty.qcow2", d / "corrupt.qcow2")
+    _qemu_io(d, "qcow2", "corrupt.qcow2", "write -P 7 0 64k")
+    with open(d / "corrupt.qcow2", "r+b") as f:
+        # The data cluster (cluster 5) loses its reference count: a corruption.
+        f.seek(0x20000 + 2 * 5)
+        f.write(struct.pack(">H", 0))
     return d
 
 
@@ -239,6 +251,7 @@ INFO = {
         "info --backing-chain orphan.qcow2",
         "info orphan.qcow2",
     ),
+    "snapshots": _case("info snap.qcow2", "info --output=json snap.qcow2", "map snap.qcow2"),
     "errors": _case(
         "info",
         "info nope",
@@ -256,7 +269,20 @@ CHECK = {
     ),
     "repair-json": _case("check -r all --output=json leak.qcow2", "check leak.qcow2"),
     "unsupported": _case("check data.raw", "check --output=json -f raw data.raw"),
-    "errors": _case("check -r bogus base.qcow2", "check nope", "check", "check orphan.qcow2"),
+    "errors": _case(
+        "check -r bogus base.qcow2",
+        "check nope",
+        "check",
+        "check orphan.qcow2",
+        "check -r all -U base.qcow2",
+    ),
+    "corrupt": _case(
+        "check corrupt.qcow2",
+        "check --output=json corrupt.qcow2",
+        "check -r all corrupt.qcow2",
+        "check --output=json corrupt.qcow2",
+    ),
+    "snapshots": _case("check snap.qcow2"),
 }
 
 MAP = {
@@ -418,7 +444,47 @@ def test_info(twin: Twin, name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(CHECK))
 def test_check(twin: Twin, name: str) -> None:
-    _run_case(twin, CHECK[name], ["leak.qcow2"] if name in ("leaks", "repair-json") else [])
+    files = {"leaks": ["leak.qcow2"], "repair-json": ["leak.qcow2"], "corrupt": ["corrupt.qcow2"]}
+    _run_case(twin, CHECK[name], files.get(name, []))
+
+
+def test_locked_images(twin: Twin) -> None:
+    """An image held open read-write by qemu-io: the same lock errors, and -U."""
+    qemu_io = require_tool("qemu-io")
+    holders = [
+        subprocess.Popen(
+            [qemu_io, "-f", "qcow2", str(d / "base.qcow2")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for d in (twin.q, twin.b)
+    ]
+    try:
+        for d in (twin.q, twin.b):
+            for _ in range(200):  # until qemu-io holds its locks
+                probe = run_qemu(twin.qemu_img, d, ["info", "base.qcow2"])
+                if probe.rc == 1:
+                    break
+                time.sleep(0.01)
+        for line in (
+            "info base.qcow2",
+            "info -U base.qcow2",
+            "check base.qcow2",
+            "check -U base.qcow2",
+            "map -U base.qcow2",
+            "compare -U base.qcow2 base.raw",
+            "resize base.qcow2 +1M",
+            "rebase -u -b  base.qcow2",
+            "convert -U -O raw base.qcow2 x.raw",
+            "create -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2",
+        ):
+            twin.same(line.split(" "))
+    finally:
+        for h in holders:
+            assert h.stdin is not None
+            h.stdin.close()
+            h.wait()
 
 
 def test_create_option_help_lists_a_subset_of_qemus(twin: Twin) -> None:

@@ -134,9 +134,6 @@ async def run(con: Console, argv: list[str]) -> int:
         raise con.error_exit("Expecting one image file name")
     filename = args[0]
     ofmt = parse_output_format(con, output)
-    if repair is not None and force_share:
-        con.error_report("force-share=on can only be used with read-only images")
-        return 1
     try:
         node = await open_for_tool(
             con, filename, fmt, read_only=repair is None, force_share=force_share

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from blockd.drivers.base import BlockDriver
@@ -26,6 +27,67 @@ LONGOPTS = [
 ]
 
 
+def snapshot_infos(node: BlockDriver) -> list[dict[str, Any]]:
+    """SnapshotInfo list of a format with internal snapshots (qcow2's table).
+
+    The driver exposes its decoded table as ``snapshots`` (entries with id_str,
+    name, date_sec, date_nsec, vm_clock_nsec, vm_state_size and the raw ``extra``
+    data, whose first fields are the 64-bit VM state size and the icount).
+    """
+    out: list[dict[str, Any]] = []
+    for sn in getattr(node, "snapshots", None) or []:
+        extra: bytes = getattr(sn, "extra", b"") or b""
+        vm_state = int(sn.vm_state_size)
+        if len(extra) >= 8:
+            vm_state = int.from_bytes(extra[0:8], "big")
+        entry: dict[str, Any] = {
+            "id": sn.id_str,
+            "name": sn.name,
+            "vm-state-size": vm_state,
+            "date-sec": int(sn.date_sec),
+            "date-nsec": int(sn.date_nsec),
+            "vm-clock-sec": int(sn.vm_clock_nsec) // 1_000_000_000,
+            "vm-clock-nsec": int(sn.vm_clock_nsec) % 1_000_000_000,
+        }
+        if len(extra) >= 24:
+            icount = int.from_bytes(extra[16:24], "big")
+            if icount != (1 << 64) - 1:
+                entry["icount"] = icount
+        out.append(entry)
+    return out
+
+
+def snapshot_line(sn: dict[str, Any] | None) -> str:
+    """bdrv_snapshot_dump(): the header (None) or one row, without newline."""
+    if sn is None:
+        return "%-10s%-17s%8s%20s%13s%11s" % (  # noqa: UP031 - C printf layout
+            "ID",
+            "TAG",
+            "VM SIZE",
+            "DATE",
+            "VM CLOCK",
+            "ICOUNT",
+        )
+    date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sn["date-sec"]))
+    nsec = sn["vm-clock-sec"] * 1_000_000_000 + sn["vm-clock-nsec"]
+    secs = nsec // 1_000_000_000
+    clock = "%02d:%02d:%02d.%03d" % (  # noqa: UP031
+        secs // 3600,
+        (secs // 60) % 60,
+        secs % 60,
+        (nsec // 1_000_000) % 1000,
+    )
+    icount = str(sn["icount"]) if "icount" in sn else ""
+    return "%-9s %-16s %8s%20s%13s%11s" % (  # noqa: UP031
+        sn["id"],
+        sn["name"],
+        size_to_str(sn["vm-state-size"]),
+        date,
+        clock,
+        icount,
+    )
+
+
 def image_info(node: BlockDriver, filename: str) -> dict[str, Any]:
     """bdrv_query_image_info(): members inserted in QAPI order (ImageInfo)."""
     from blockd.drivers.open import resolve_backing_path
@@ -46,6 +108,9 @@ def image_info(node: BlockDriver, filename: str) -> dict[str, Any]:
         backing_fmt: str | None = getattr(node, "backing_format", None)
         if backing_fmt:
             info["backing-filename-format"] = backing_fmt
+    snapshots = snapshot_infos(node)
+    if snapshots:
+        info["snapshots"] = snapshots
     specific = node.format_specific_info()
     if specific is not None:
         info["format-specific"] = {"type": node.name, "data": specific}
@@ -79,6 +144,10 @@ def human_info(info: dict[str, Any]) -> str:
         out.append(line + "\n")
         if "backing-filename-format" in info:
             out.append(f"backing file format: {info['backing-filename-format']}\n")
+    if "snapshots" in info:
+        out.append("Snapshot list:\n")
+        out.append(snapshot_line(None) + "\n")
+        out.extend(snapshot_line(sn) + "\n" for sn in info["snapshots"])
     if "format-specific" in info:
         out.append("Format specific information:\n")
         out.append(dump_human(info["format-specific"]["data"], 1))
