@@ -110,6 +110,13 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     img("snapshot", "-c", "first", "snap.qcow2")
     _qemu_io(d, "qcow2", "snap.qcow2", "write -P 8 0 64k")
     img("snapshot", "-c", "a rather long snapshot name", "snap.qcow2")
+    img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "dirty.qcow2", "4M")
+    # Killed with the image open: dirty flag set, refcounts not written (lazy).
+    subprocess.run(
+        [require_tool("qemu-io"), "-c", "write 0 64k", "-c", "sigraise 9", "dirty.qcow2"],
+        cwd=d,
+        capture_output=True,
+    )
     shutil.copyfile(d / "empty.qcow2", d / "corrupt.qcow2")
     _qemu_io(d, "qcow2", "corrupt.qcow2", "write -P 7 0 64k")
     with open(d / "corrupt.qcow2", "r+b") as f:
@@ -268,7 +275,9 @@ CHECK = {
         "check leak.qcow2", "check --output=json leak.qcow2", "check -r leaks leak.qcow2"
     ),
     "repair-json": _case("check -r all --output=json leak.qcow2", "check leak.qcow2"),
-    "unsupported": _case("check data.raw", "check --output=json -f raw data.raw"),
+    "unsupported": _case(
+        "check data.raw", "check --output=json -f raw data.raw", "check -r all data.raw"
+    ),
     "errors": _case(
         "check -r bogus base.qcow2",
         "check nope",
@@ -282,7 +291,14 @@ CHECK = {
         "check -r all corrupt.qcow2",
         "check --output=json corrupt.qcow2",
     ),
-    "snapshots": _case("check snap.qcow2"),
+    "snapshots": _case("check snap.qcow2", "check -r all snap.qcow2", "info snap.qcow2"),
+    "dirty": _case(
+        "info dirty.qcow2",
+        "check dirty.qcow2",
+        "check -r leaks dirty.qcow2",
+        "check -r all --output=json dirty.qcow2",
+        "info --output=json dirty.qcow2",
+    ),
 }
 
 MAP = {
@@ -444,7 +460,12 @@ def test_info(twin: Twin, name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(CHECK))
 def test_check(twin: Twin, name: str) -> None:
-    files = {"leaks": ["leak.qcow2"], "repair-json": ["leak.qcow2"], "corrupt": ["corrupt.qcow2"]}
+    files = {
+        "leaks": ["leak.qcow2"],
+        "repair-json": ["leak.qcow2"],
+        "corrupt": ["corrupt.qcow2"],
+        "dirty": ["dirty.qcow2"],
+    }
     _run_case(twin, CHECK[name], files.get(name, []))
 
 

@@ -6,6 +6,7 @@ internal error), 2 corruptions, 3 leaks only, 63 format without checks.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from blockd.drivers.base import BlockDriver
@@ -49,7 +50,10 @@ async def _run_check(con: Console, node: BlockDriver, repair: str | None) -> dic
     result = await checker(repair)
     for line in getattr(result, "messages", []):
         con.error_print(line if line.endswith("\n") else line + "\n")
-    return {f: int(getattr(result, f, 0)) for f in _FIELDS}
+    r = {f: int(getattr(result, f, 0)) for f in _FIELDS}
+    # -errno when the check itself failed: QEMU then prints no report at all.
+    r["ret"] = int(getattr(result, "ret", 0) or 0)
+    return r
 
 
 def image_check(filename: str, fmt: str, r: dict[str, int]) -> dict[str, Any]:
@@ -106,6 +110,28 @@ def human_check(r: dict[str, int]) -> str:
     return "".join(out)
 
 
+async def _open(
+    con: Console, filename: str, fmt: str | None, repair: str | None, force_share: bool
+) -> BlockDriver:
+    """Open for checking.
+
+    A read-write open (``-r``) must not repair a dirty image by itself, or the
+    check would find nothing (QEMU's BDRV_O_CHECK).  The qcow2 driver's check
+    mode does that but also skips the snapshot table, which would make snapshot
+    clusters look leaked; so it is used only for dirty images without snapshots.
+    """
+    if repair is None:
+        return await open_for_tool(con, filename, fmt, force_share=force_share)
+    probe = await open_for_tool(con, filename, fmt, force_share=force_share)
+    try:
+        check_mode = bool(getattr(probe, "dirty", False)) and not getattr(probe, "snapshots", None)
+    finally:
+        await close_quietly(probe)
+    return await open_for_tool(
+        con, filename, fmt, read_only=False, force_share=force_share, check_mode=check_mode
+    )
+
+
 async def run(con: Console, argv: list[str]) -> int:
     fmt: str | None = None
     output: str | None = None
@@ -135,9 +161,7 @@ async def run(con: Console, argv: list[str]) -> int:
     filename = args[0]
     ofmt = parse_output_format(con, output)
     try:
-        node = await open_for_tool(
-            con, filename, fmt, read_only=repair is None, force_share=force_share
-        )
+        node = await _open(con, filename, fmt, repair, force_share)
     except ImgExit:
         return 1
     try:
@@ -148,6 +172,9 @@ async def run(con: Console, argv: list[str]) -> int:
             return 63
         except GenericError as e:
             con.error_report(f"Check failed: {e.desc}")
+            return 1
+        if r["ret"] < 0:
+            con.error_report(f"Check failed: {os.strerror(-r['ret'])}")
             return 1
         if r["corruptions_fixed"] or r["leaks_fixed"]:
             fixed = (r["leaks_fixed"], r["corruptions_fixed"])
@@ -161,6 +188,9 @@ async def run(con: Console, argv: list[str]) -> int:
                 )
             r = await _run_check(con, node, None)
             r["leaks_fixed"], r["corruptions_fixed"] = fixed
+            if r["ret"] < 0:
+                con.error_report(f"Check failed: {os.strerror(-r['ret'])}")
+                return 1
         if ofmt == "human":
             con.qprint(quiet, human_check(r))
         else:

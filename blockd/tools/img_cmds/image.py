@@ -42,11 +42,20 @@ async def open_for_tool(
     backing: bool = True,
     force_share: bool = False,
     code: int = 1,
+    check_mode: bool = False,
 ) -> BlockDriver:
-    """img_open(): open or report and exit with ``code``."""
-    from blockd.drivers.open import open_image
+    """img_open(): open or report and exit with ``code``.
+
+    ``check_mode`` is QEMU's BDRV_O_CHECK (qemu-img check): a dirty qcow2 image is
+    then not repaired implicitly on a read-write open, so the check sees it as is.
+    """
+    from blockd.drivers.base import OpenFlags
+    from blockd.drivers.open import open_image, open_node
 
     try:
+        if check_mode:
+            flags = OpenFlags(read_only=read_only, force_share=force_share, extra={"check": True})
+            return await open_node({}, flags, filename=filename, fmt=fmt, backing=backing)
         return await open_image(
             filename, fmt, read_only=read_only, backing=backing, force_share=force_share
         )
