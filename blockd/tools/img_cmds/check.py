@@ -19,6 +19,7 @@ from blockd.tools.img_cmds.usage import show_help
 
 LONGOPTS = [
     LongOpt("help", False, "h"),
+    LongOpt("image-opts", False, "image-opts"),
     LongOpt("format", True, "f"),
     LongOpt("repair", True, "r"),
     LongOpt("output", True, "output"),
@@ -154,6 +155,8 @@ async def run(con: Console, argv: list[str]) -> int:
             output = val
         elif key == "q":
             quiet = True
+        elif key == "image-opts":
+            con.image_opts = True
         elif key == "U":
             force_share = True
     if len(args) != 1:

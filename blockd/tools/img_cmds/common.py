@@ -34,6 +34,8 @@ class Console:
     prog: str = "qemu-img"
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+    # --image-opts: image names on the command line are option strings.
+    image_opts: bool = False
 
     def print(self, text: str) -> None:
         """printf() to stdout: no newline is added."""

@@ -27,7 +27,11 @@ from blockd.tools.img_cmds.usage import show_help
 IO_BUF_SIZE = 2 << 20
 SECTOR = 512
 
-LONGOPTS = [LongOpt("help", False, "h"), LongOpt("force-share", False, "U")]
+LONGOPTS = [
+    LongOpt("help", False, "h"),
+    LongOpt("image-opts", False, "image-opts"),
+    LongOpt("force-share", False, "U"),
+]
 
 
 def _f32(x: float) -> float:
@@ -107,6 +111,8 @@ async def run(con: Console, argv: list[str]) -> int:
             quiet = True
         elif key == "s":
             strict = True
+        elif key == "image-opts":
+            con.image_opts = True
         elif key == "U":
             force_share = True
     if quiet:

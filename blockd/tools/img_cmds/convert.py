@@ -47,6 +47,7 @@ BLK_ZERO, BLK_DATA, BLK_BACKING_FILE = "zero", "data", "backing"
 
 LONGOPTS = [
     LongOpt("help", False, "h"),
+    LongOpt("image-opts", False, "image-opts"),
     LongOpt("target-is-zero", False, "target-is-zero"),
     LongOpt("force-share", False, "U"),
 ]
@@ -335,6 +336,8 @@ def _parse(con: Console, argv: list[str]) -> _Args:
                 )
         elif key == "U":
             a.force_share = True
+        elif key == "image-opts":
+            con.image_opts = True
         elif key == "target-is-zero":
             a.target_is_zero = True
         # -C (copy offloading), -W (out-of-order writes), -t/-T (cache modes), -l and
@@ -431,7 +434,7 @@ async def _prepare_target(
         except CreateError as e:
             con.error_report(f"{out_filename}: error while converting {a.out_fmt}: {e.msg}")
             raise ImgExit(1) from None
-    target = await open_for_tool(con, out_filename, a.out_fmt, read_only=False)
+    target = await open_for_tool(con, out_filename, a.out_fmt, read_only=False, image_opts=False)
     if a.skip_create and -(-image_length(target) // SECTOR) < total:
         await close_quietly(target)
         raise con.fail("output file is smaller than input file")

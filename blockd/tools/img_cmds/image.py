@@ -43,15 +43,40 @@ async def open_for_tool(
     force_share: bool = False,
     code: int = 1,
     check_mode: bool = False,
+    image_opts: bool | None = None,
 ) -> BlockDriver:
     """img_open(): open or report and exit with ``code``.
 
     ``check_mode`` is QEMU's BDRV_O_CHECK (qemu-img check): a dirty qcow2 image is
     then not repaired implicitly on a read-write open, so the check sees it as is.
+    With ``image_opts`` (--image-opts) ``filename`` is an option string such as
+    ``driver=qcow2,file.filename=x.qcow2`` (a bare first item is ``file``).
     """
     from blockd.drivers.base import OpenFlags
     from blockd.drivers.open import open_image, open_node
 
+    if image_opts is None:
+        image_opts = con.image_opts
+    if image_opts:
+        if fmt is not None:
+            raise con.fail("--image-opts and --format are mutually exclusive", code)
+        try:
+            options = parse_image_opts(filename)
+            ref = options.get("file")
+            if ref is not None:
+                # A string child is a reference to an existing node; qemu-img has none.
+                raise GenericError(f"Cannot find device='{ref}' nor node-name='{ref}'")
+            return await open_image(
+                "",
+                None,
+                read_only=read_only,
+                backing=backing,
+                force_share=force_share,
+                options=options,
+            )
+        except GenericError as e:
+            report_open_error(con, filename, e)
+            raise ImgExit(code) from None
     try:
         if check_mode:
             flags = OpenFlags(read_only=read_only, force_share=force_share, extra={"check": True})
@@ -62,6 +87,18 @@ async def open_for_tool(
     except GenericError as e:
         report_open_error(con, filename, e)
         raise ImgExit(code) from None
+
+
+def parse_image_opts(optstr: str) -> dict[str, str]:
+    """qemu_opts_parse(source opts, optstr, implied "file"): dotted key -> value."""
+    from blockd.tools.img_cmds.opts import opt_value, split_option_list
+
+    first = optstr.split(",", 1)[0]
+    if "=" not in first:
+        value, end = opt_value(optstr, 0)
+        rest = optstr[end + 1 :] if end < len(optstr) else ""
+        return {"file": value, **dict(split_option_list(rest))}
+    return dict(split_option_list(optstr))
 
 
 async def close_quietly(node: BlockDriver | None) -> None:

@@ -12,6 +12,7 @@ from blockd.tools.img_cmds.image import (
     allocated_file_size,
     close_quietly,
     image_length,
+    node_filename,
     open_for_tool,
 )
 from blockd.tools.img_cmds.qjson import dump_human, to_json_pretty
@@ -20,6 +21,7 @@ from blockd.tools.img_cmds.usage import show_help
 
 LONGOPTS = [
     LongOpt("help", False, "h"),
+    LongOpt("image-opts", False, "image-opts"),
     LongOpt("format", True, "f"),
     LongOpt("output", True, "output"),
     LongOpt("backing-chain", False, "backing-chain"),
@@ -88,10 +90,15 @@ def snapshot_line(sn: dict[str, Any] | None) -> str:
     )
 
 
-def image_info(node: BlockDriver, filename: str) -> dict[str, Any]:
-    """bdrv_query_image_info(): members inserted in QAPI order (ImageInfo)."""
+def image_info(node: BlockDriver) -> dict[str, Any]:
+    """bdrv_query_image_info(): members inserted in QAPI order (ImageInfo).
+
+    The filename is the node's (bs->filename): the file's path, also when the
+    image was named by json: options or --image-opts.
+    """
     from blockd.drivers.open import resolve_backing_path
 
+    filename = node_filename(node)
     info: dict[str, Any] = {"filename": filename, "format": node.name}
     info["dirty-flag"] = bool(getattr(node, "dirty", False))
     actual = allocated_file_size(node)
@@ -155,7 +162,12 @@ def human_info(info: dict[str, Any]) -> str:
 
 
 async def collect(
-    con: Console, filename: str, fmt: str | None, chain: bool, force_share: bool
+    con: Console,
+    filename: str,
+    fmt: str | None,
+    chain: bool,
+    force_share: bool,
+    image_opts: bool = False,
 ) -> list[dict[str, Any]]:
     """collect_image_info_list(): the image, then its backing files one by one."""
     seen: set[str] = set()
@@ -165,9 +177,12 @@ async def collect(
         if name in seen:
             raise con.fail(f"Backing file '{name}' creates an infinite loop.")
         seen.add(name)
-        node = await open_for_tool(con, name, fmt, backing=False, force_share=force_share)
+        node = await open_for_tool(
+            con, name, fmt, backing=False, force_share=force_share, image_opts=image_opts
+        )
+        image_opts = False
         try:
-            info = image_info(node, name)
+            info = image_info(node)
         finally:
             await close_quietly(node)
         infos.append(info)
@@ -195,11 +210,13 @@ async def run(con: Console, argv: list[str]) -> int:
             chain = True
         elif key == "U":
             force_share = True
+        elif key == "image-opts":
+            con.image_opts = True
     if len(args) != 1:
         raise con.error_exit("Expecting one image file name")
     ofmt = parse_output_format(con, output)
     try:
-        infos = await collect(con, args[0], fmt, chain, force_share)
+        infos = await collect(con, args[0], fmt, chain, force_share, con.image_opts)
     except ImgExit:
         return 1
     if ofmt == "human":

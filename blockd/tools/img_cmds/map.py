@@ -26,6 +26,7 @@ INT64_MAX = (1 << 63) - 1
 
 LONGOPTS = [
     LongOpt("help", False, "h"),
+    LongOpt("image-opts", False, "image-opts"),
     LongOpt("format", True, "f"),
     LongOpt("output", True, "output"),
     LongOpt("force-share", False, "U"),
@@ -126,13 +127,14 @@ async def run(con: Console, argv: list[str]) -> int:
     max_length = -1
     opts, args = getopt(con, argv, ":f:s:l:hU", LONGOPTS)
     for key, val in opts:
-        assert key == "h" or key == "U" or val is not None
         if key == "h":
             raise show_help(con)
         if key == "f":
             fmt = val
         elif key == "output":
             output = val
+        elif key == "image-opts":
+            con.image_opts = True
         elif key == "U":
             force_share = True
         elif key == "s":

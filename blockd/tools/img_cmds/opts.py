@@ -155,7 +155,7 @@ def _option_number(name: str, text: str) -> int:
         raise OptionError(f"Parameter '{name}' expects a number") from None
 
 
-def _opt_value(params: str, pos: int) -> tuple[str, int]:
+def opt_value(params: str, pos: int) -> tuple[str, int]:
     """get_opt_value(): up to an unescaped comma; ``,,`` is a literal comma."""
     out: list[str] = []
     while pos < len(params):
@@ -182,14 +182,14 @@ def split_option_list(params: str) -> list[tuple[str, str]]:
             if k != -1:
                 stop = min(stop, k)
         if stop >= len(params) or params[stop] != "=":
-            name, pos = _opt_value(params, pos)
+            name, pos = opt_value(params, pos)
             if name.startswith("no"):
                 pairs.append((name[2:], "off"))
             else:
                 pairs.append((name, "on"))
         else:
             name = params[pos:stop]
-            value, pos = _opt_value(params, stop + 1)
+            value, pos = opt_value(params, stop + 1)
             pairs.append((name, value))
         if pos < len(params) and params[pos] == ",":
             pos += 1

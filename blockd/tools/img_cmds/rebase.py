@@ -22,7 +22,11 @@ from blockd.tools.img_cmds.progress import Progress, _f32
 from blockd.tools.img_cmds.usage import show_help
 
 IO_BUF_SIZE = 2 << 20
-LONGOPTS = [LongOpt("help", False, "h"), LongOpt("force-share", False, "U")]
+LONGOPTS = [
+    LongOpt("help", False, "h"),
+    LongOpt("image-opts", False, "image-opts"),
+    LongOpt("force-share", False, "U"),
+]
 
 
 async def run(con: Console, argv: list[str]) -> int:
@@ -46,6 +50,8 @@ async def run(con: Console, argv: list[str]) -> int:
             progress = True
         elif key == "q":
             quiet = True
+        elif key == "image-opts":
+            con.image_opts = True
         elif key == "U":
             force_share = True
     if quiet:

@@ -13,6 +13,7 @@ from blockd.tools.img_cmds.usage import show_help
 PREALLOC_MODES = ("off", "metadata", "falloc", "full")
 LONGOPTS = [
     LongOpt("help", False, "h"),
+    LongOpt("image-opts", False, "image-opts"),
     LongOpt("preallocation", True, "preallocation"),
     LongOpt("shrink", False, "shrink"),
 ]
@@ -37,6 +38,8 @@ async def run(con: Console, argv: list[str]) -> int:
             raise show_help(con)
         if key == "f":
             fmt = val
+        elif key == "image-opts":
+            con.image_opts = True
         elif key == "q":
             quiet = True
         elif key == "preallocation":
