@@ -127,18 +127,27 @@ async def iteration_sectors(s: ConvertState, sector: int) -> int:
     return n
 
 
-def _sector_is_zero(buf: bytes, i: int) -> bool:
-    chunk = buf[i * SECTOR : (i + 1) * SECTOR]
-    return chunk.count(0) == len(chunk)
+_ZERO_SECTOR = bytes(SECTOR)
 
 
-def is_allocated_sectors(buf: bytes, n: int, sector: int, alignment: int) -> tuple[bool, int]:
-    """(first sector has data, run length), ends aligned to ``alignment`` sectors."""
+def zero_map(buf: bytes | memoryview, n: int) -> list[bool]:
+    """Per sector: does it hold only zeros?  (One pass; no copies of ``buf``.)"""
+    mv = memoryview(buf)
+    out = []
+    for i in range(n):
+        chunk = mv[i * SECTOR : (i + 1) * SECTOR]
+        out.append(chunk == _ZERO_SECTOR[: len(chunk)])
+    return out
+
+
+def _allocated_run(
+    zeros: list[bool], start: int, n: int, sector: int, alignment: int
+) -> tuple[bool, int]:
     if n <= 0:
         return False, 0
-    is_zero = _sector_is_zero(buf, 0)
+    is_zero = zeros[start]
     i = 1
-    while i < n and _sector_is_zero(buf, i) == is_zero:
+    while i < n and zeros[start + i] == is_zero:
         i += 1
     if i == n:
         return not is_zero, i
@@ -154,19 +163,22 @@ def is_allocated_sectors(buf: bytes, n: int, sector: int, alignment: int) -> tup
     return not is_zero, i
 
 
-def is_allocated_sectors_min(
-    buf: bytes, n: int, minimum: int, sector: int, alignment: int
+def is_allocated_sectors(buf: bytes, n: int, sector: int, alignment: int) -> tuple[bool, int]:
+    """(first sector has data, run length), ends aligned to ``alignment`` sectors."""
+    return _allocated_run(zero_map(buf, n), 0, n, sector, alignment)
+
+
+def _allocated_min(
+    zeros: list[bool], start: int, n: int, minimum: int, sector: int, alignment: int
 ) -> tuple[bool, int]:
-    """Like is_allocated_sectors, but zero runs shorter than ``minimum`` after data
-    count as data, so small holes do not split writes."""
     minimum = min(minimum, n)
-    data, pnum = is_allocated_sectors(buf, n, sector, alignment)
+    data, pnum = _allocated_run(zeros, start, n, sector, alignment)
     if not data:
         return False, pnum
     used = checked = pnum
     pos = pnum
     while pos < n:
-        data, pnum = is_allocated_sectors(buf[pos * SECTOR :], n - pos, sector + pos, alignment)
+        data, pnum = _allocated_run(zeros, start + pos, n - pos, sector + pos, alignment)
         pos += pnum
         checked += pnum
         if data:
@@ -174,6 +186,14 @@ def is_allocated_sectors_min(
         elif pnum >= minimum:
             break
     return True, used
+
+
+def is_allocated_sectors_min(
+    buf: bytes, n: int, minimum: int, sector: int, alignment: int
+) -> tuple[bool, int]:
+    """Like is_allocated_sectors, but zero runs shorter than ``minimum`` after data
+    count as data, so small holes do not split writes."""
+    return _allocated_min(zero_map(buf, n), 0, n, minimum, sector, alignment)
 
 
 async def _read(s: ConvertState, sector: int, n: int) -> bytes:
@@ -197,17 +217,18 @@ async def _write(s: ConvertState, sector: int, n: int, buf: bytes, status: str) 
     zero writes must not deallocate (may_unmap follows min_sparse)."""
     target = s.target
     assert target is not None
+    zeros = zero_map(buf, n) if status == BLK_DATA and s.min_sparse else []
     pos = 0
     while n > 0:
         m = n
         if status == BLK_DATA:
-            chunk = buf[pos * SECTOR : (pos + m) * SECTOR]
-            if s.compressed:
-                write = chunk.count(0) != len(chunk)
-            elif s.min_sparse:
-                write, m = is_allocated_sectors_min(chunk, m, s.min_sparse, sector, s.alignment)
+            if not s.min_sparse:
+                write = True  # -S 0: everything is written
+            elif s.compressed:
+                # Compressed clusters are written whole, or skipped when all zero.
+                write = not all(zeros[pos : pos + m])
             else:
-                write = True
+                write, m = _allocated_min(zeros, pos, m, s.min_sparse, sector, s.alignment)
             if write:
                 await target.write(
                     sector * SECTOR,
