@@ -946,7 +946,9 @@ class Qcow2Driver(BlockDriver):
                 n = -(-(b - pos) // cs)
                 old, l2_off = await self._entries(pos, n)
                 step = len(old) * cs
-                if not l2_off:
+                if not l2_off and (self.backing is None or self.header.version < 3):
+                    # Nothing allocated and nothing to hide: the range already
+                    # reads as it will after the discard.
                     pos += step
                     continue
                 new: list[int] = []
