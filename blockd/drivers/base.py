@@ -10,10 +10,8 @@ never imports a driver module by name.  All blocking host I/O goes through
 from __future__ import annotations
 
 import abc
-import asyncio
 import concurrent.futures
 import enum
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,7 +189,7 @@ _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def io_executor() -> concurrent.futures.ThreadPoolExecutor:
-    """The process-wide pool for blocking I/O (pread/pwrite release the GIL)."""
+    """A process-wide concurrent.futures pool for blocking work that wants one."""
     global _EXECUTOR
     if _EXECUTOR is None:
         # Like QEMU's thread pool (max 64 workers): I/O threads mostly sleep in the kernel.
@@ -203,9 +201,14 @@ def io_executor() -> concurrent.futures.ThreadPoolExecutor:
 
 
 async def run_io(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking I/O in the shared thread pool, never on the event loop."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(io_executor(), functools.partial(fn, *args))
+    """Run blocking I/O in the shared thread pool, never on the event loop.
+
+    Uses blockd.io's lean pool (one queue hand-off, direct future completion);
+    :func:`io_executor` remains for code that needs a concurrent.futures executor.
+    """
+    from blockd.io.executor import io_pool
+
+    return await io_pool().run(fn, *args)
 
 
 # --- generic helpers ----------------------------------------------------------

@@ -258,6 +258,16 @@ class _StdinLines:
         except (OSError, ValueError):
             self.direct = False
 
+    def would_block(self) -> bool:
+        """True unless a whole line is already buffered (or stdin is a file)."""
+        if self.direct:
+            return False
+        if self.reader is not None:
+            # StreamReader has no public "buffered data" query; peek at its buffer.
+            buffered: bytes = getattr(self.reader, "_buffer", b"")
+            return b"\n" not in buffered
+        return True
+
     async def readline(self) -> str:
         if self.reader is not None:
             return (await self.reader.readline()).decode("utf-8", "surrogateescape")
@@ -274,7 +284,9 @@ async def _interactive(session: QemuIo, prog: str) -> int:
     last_error = 0
     while not session.quit:
         session.out.write(f"{prog}> ")
-        session.out.flush()
+        if lines.would_block():
+            # Only a reader that may wait needs to see the prompt now.
+            session.out.flush()
         line = await lines.readline()
         if not line:
             break
