@@ -127,6 +127,8 @@ class Qcow2Driver(BlockDriver):
         self._closed = False
         self.cache_config: CacheConfig | None = None
         self._corruption_reported = False
+        self._pending_frees: list[tuple[int, int, str]] = []
+        self._opened = False
         # Hook for the graph engine (BLOCK_IMAGE_CORRUPTED): (message, fatal).
         self.on_corruption: Callable[[str, bool], None] | None = None
 
@@ -297,6 +299,8 @@ class Qcow2Driver(BlockDriver):
         )
         self.slice_entries = self.cache_config.l2_cache_entry_size // 8
         self.free_byte_offset = 0
+        # Clusters reserved per refcount update (see _alloc): ~32 MiB of data.
+        self._pool_chunk = max(16, min(4096, (32 << 20) >> self.cluster_bits))
 
         if hdr.incompatible_features & H.INCOMPAT_DATA_FILE:
             raise GenericError("'data-file' is required for this image")
@@ -333,6 +337,7 @@ class Qcow2Driver(BlockDriver):
             res = await check_image(self, "all")
             if res.check_errors:
                 raise GenericError("Could not repair dirty image: Input/output error")
+        self._opened = True
         if self.cache_config.cache_clean_interval > 0:
             self._clean_task = asyncio.get_running_loop().create_task(
                 self._cache_cleaner(self.cache_config.cache_clean_interval)
@@ -418,6 +423,9 @@ class Qcow2Driver(BlockDriver):
                         self._cache_cleaner(cfg.cache_clean_interval)
                     )
             if flags.read_only and not self.read_only:
+                await self._process_frees()
+                await self._release_pool()
+                await self._drain()
                 await self._f.flush()
                 await self._mark_clean()
             self.flags = flags
@@ -434,11 +442,16 @@ class Qcow2Driver(BlockDriver):
         if self._closed:
             return
         self._closed = True
+        if not self._opened:
+            # A refused image is never written to.
+            return
         if self._clean_task is not None:
             self._clean_task.cancel()
             self._clean_task = None
         if not self.read_only and self.file is not None:
             async with self._lock:
+                await self._process_frees()
+                await self._release_pool()
                 await self._drain()
                 await self._f.flush()
                 await self._mark_clean()
@@ -623,16 +636,43 @@ class Qcow2Driver(BlockDriver):
     # --- allocation helpers ------------------------------------------------
 
     async def _alloc(self, count: int) -> int:
-        if self.use_lazy_refcounts:
-            await self._mark_dirty()
-        off = await self.rc.alloc_clusters(count)
-        self._rc_dirty = True
+        """Host offset of ``count`` fresh contiguous clusters (refcount 1).
+
+        Clusters come from a reserve whose refcounts are already stable on disk,
+        so referencing them needs no barrier; a reserve is taken at the first fit
+        (where QEMU would allocate) and extended over the free clusters after it.
+        A crash leaks the unused reserve at worst.
+        """
+        pool = self._pool_end - self._pool_start
+        if pool < count or self._pool_end == 0:
+            await self._release_pool()
+            if self.use_lazy_refcounts:
+                await self._mark_dirty()
+            off, total = await self.rc.alloc_clusters(count, max(0, self._pool_chunk - count))
+            await self._barrier()
+            self._pool_start = off >> self.cluster_bits
+            self._pool_end = self._pool_start + total
+        off = self._pool_start << self.cluster_bits
+        self._pool_start += count
         return off
 
+    async def _release_pool(self) -> None:
+        """Give the unused reserve back (it was never referenced)."""
+        if self._pool_end > self._pool_start:
+            cb = self.cluster_bits
+            await self.rc.update(
+                self._pool_start << cb, (self._pool_end - self._pool_start) << cb, -1
+            )
+            self.rc.take_freed()
+        self._pool_start = self._pool_end = 0
+
     _rc_dirty = False
+    _pool_start = 0
+    _pool_end = 0
 
     async def _dependency_barrier(self) -> None:
-        """Refcount updates must be stable before tables reference the clusters."""
+        """Refcount raises outside the reserve must be stable before tables
+        reference the clusters."""
         if self._rc_dirty:
             self._rc_dirty = False
             await self._barrier()
@@ -676,24 +716,40 @@ class Qcow2Driver(BlockDriver):
         await self._pwrite(host + i * 8, bytes(slc[i * 8 : (i + len(entries)) * 8]))
 
     async def _free(self, host: int, length: int, kind: str) -> None:
-        """Drop one reference on the clusters of [host, host+length)."""
+        """Drop one reference on the clusters of [host, host+length).
+
+        The drop is queued: the caller has just removed the reference from the
+        tables, and the queue is processed behind one barrier (at flush, close,
+        check or when it grows), so a crash in between only leaks.
+        """
+        self._pending_frees.append((host, length, kind))
+        if len(self._pending_frees) >= 4096:
+            await self._process_frees()
+
+    async def _process_frees(self) -> None:
+        """Apply queued reference drops; caller holds the lock."""
+        if not self._pending_frees:
+            return
+        pending, self._pending_frees = self._pending_frees, []
         await self._drain()
+        await self._barrier()
         if self.use_lazy_refcounts:
             await self._mark_dirty()
-        await self.rc.update(host, length, -1)
-        freed = self.rc.take_freed()
-        cs = self.cluster_size
-        for off, ln in freed:
-            if self.free_byte_offset and off <= self.free_byte_offset - 1 < off + ln:
-                self.free_byte_offset = 0
-            self.l2cache.drop_range(off, ln)
-        if self.discard_passthrough.get(kind):
+        discards: list[tuple[int, int]] = []
+        for host, length, kind in pending:
+            await self.rc.update(host, length, -1)
+            freed = self.rc.take_freed()
             for off, ln in freed:
-                try:
-                    await self._f.discard(off, ln)
-                except OSError:
-                    pass
-        del cs
+                if self.free_byte_offset and off <= self.free_byte_offset - 1 < off + ln:
+                    self.free_byte_offset = 0
+                self.l2cache.drop_range(off, ln)
+            if self.discard_passthrough.get(kind):
+                discards.extend(freed)
+        for off, ln in discards:
+            try:
+                await self._f.discard(off, ln)
+            except OSError:
+                pass
 
     async def _free_entry(self, entry: int, kind: str) -> None:
         ct = cluster_type(entry)
@@ -737,8 +793,11 @@ class Qcow2Driver(BlockDriver):
         end = offset + len(mv)
         pos = offset
         while pos < end:
+            # One L2 slice per round keeps the mapping work proportional.
+            _, l2_idx = self._split(pos)
+            room = (self.slice_entries - l2_idx % self.slice_entries) * cs - (pos & (cs - 1))
             async with self._lock:
-                extents = await self._map(pos, end - pos)
+                extents = await self._map(pos, min(end - pos, room))
                 head = extents[0]
                 if head.writable:
                     # Allocated, owned clusters: overwrite in place outside the lock.
@@ -752,11 +811,6 @@ class Qcow2Driver(BlockDriver):
                         if ext.writable:
                             break
                         run += ext.length
-                    _, l2_idx = self._split(pos)
-                    room = (self.slice_entries - l2_idx % self.slice_entries) * cs - (
-                        pos & (cs - 1)
-                    )
-                    run = min(run, room)
                     await self._allocating_write(pos, mv[pos - offset : pos - offset + run])
                     pos += run
                     continue
@@ -982,6 +1036,8 @@ class Qcow2Driver(BlockDriver):
 
     async def flush(self) -> None:
         if self.file is not None and not self.read_only:
+            async with self._lock:
+                await self._process_frees()
             await self._f.flush()
 
     # --- resize ----------------------------------------------------------------
@@ -1023,6 +1079,8 @@ class Qcow2Driver(BlockDriver):
             first = start // cs
             last = -(-end // cs)
             count = last - first
+            # The area goes past the end of the file: nothing may be reserved there.
+            await self._release_pool()
             area_start = -(-self._f.get_length() // cs)
             data = await self.rc.refcount_area(area_start, count)
             self._rc_dirty = True
@@ -1113,6 +1171,7 @@ class Qcow2Driver(BlockDriver):
         self.size = length
         await self._barrier()
         await self._write_header_fields()
+        await self._process_frees()
 
     async def preallocate(self, start: int, end: int, mode: str) -> None:
         """Allocate L2 tables and data clusters for [start, end) (metadata/falloc/full)."""
@@ -1241,6 +1300,9 @@ class Qcow2Driver(BlockDriver):
         from .check import check_image
 
         async with self._lock:
+            if not self.read_only:
+                await self._process_frees()
+                await self._release_pool()
             await self._drain()
             return await check_image(self, repair)
 

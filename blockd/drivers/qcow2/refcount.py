@@ -103,6 +103,10 @@ class Refcounts:
         block = await self.cache.get(block_off)
         return get_entry(block, cluster & ((1 << self.block_bits) - 1), self.order)
 
+    def _has_block(self, cluster: int) -> bool:
+        rt = cluster >> self.block_bits
+        return rt < len(self.table) and bool(self.table[rt] & REFT_OFFSET_MASK)
+
     async def _find_free(self, count: int) -> int:
         """First run of ``count`` free clusters at/after free_cluster_index (no refs taken)."""
         start = self.free_cluster_index
@@ -117,18 +121,29 @@ class Refcounts:
             idx += 1
         return start
 
-    async def alloc_clusters(self, count: int) -> int:
-        """Allocate ``count`` contiguous clusters with refcount 1; host offset."""
+    async def alloc_clusters(self, count: int, extra: int = 0) -> tuple[int, int]:
+        """Allocate ``count`` contiguous clusters with refcount 1 at the first fit,
+        plus up to ``extra`` free clusters directly following them (a reserve the
+        caller hands out later).  Returns (host offset, clusters taken)."""
         while True:
             start = await self._find_free(count)
+            total = count
+            # The reserve never reaches into ranges without a refcount block: it
+            # must not change the metadata layout QEMU would produce.
+            while (
+                total < count + extra
+                and self._has_block(start + total)
+                and await self.get(start + total) == 0
+            ):
+                total += 1
             # Make sure refcount blocks exist for the whole run; creating one
             # changes which clusters are free, so search again afterwards.
-            if await self._ensure_blocks(start, count):
+            if await self._ensure_blocks(start, total):
                 continue
-            await self.update(start << self.cluster_bits, count << self.cluster_bits, 1)
+            await self.update(start << self.cluster_bits, total << self.cluster_bits, 1)
             if self.free_cluster_index == start:
-                self.free_cluster_index = start + count
-            return start << self.cluster_bits
+                self.free_cluster_index = start + total
+            return start << self.cluster_bits, total
 
     async def alloc_at(self, offset: int, count: int) -> bool:
         """Take refs on count clusters at a fixed offset if they are all free."""
