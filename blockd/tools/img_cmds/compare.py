@@ -45,6 +45,8 @@ def progress_delta(chunk: int, base: int) -> float:
 
 def find_nonzero(buf: bytes) -> int:
     """Start of the first sector holding a non-zero byte, or -1."""
+    if buf.count(0) == len(buf):
+        return -1
     for i in range(0, len(buf), SECTOR):
         if buf[i : i + SECTOR].count(0) != len(buf[i : i + SECTOR]):
             return i
@@ -54,6 +56,8 @@ def find_nonzero(buf: bytes) -> int:
 def compare_buffers(a: bytes, b: bytes) -> tuple[bool, int]:
     """(first sector differs, length of the run of sectors sharing that answer)."""
     n = len(a)
+    if a == b:
+        return False, n
     first = min(n, SECTOR)
     res = a[:first] != b[:first]
     i = first
