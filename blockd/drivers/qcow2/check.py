@@ -23,7 +23,7 @@ from .cluster import (
     ClusterType,
     cluster_type,
 )
-from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
+from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from .refcount import REFT_OFFSET_MASK, set_entry
 
 if TYPE_CHECKING:
@@ -159,6 +159,42 @@ async def _check_l1(
         await _check_l2(drv, cnt, res, l2, active)
 
 
+async def _count_bitmaps(drv: Qcow2Driver, cnt: _Counter, res: Qcow2CheckResult) -> None:
+    """References held by persistent dirty bitmaps (directory, tables, data)."""
+    hdr = drv.header
+    if hdr.bitmaps_ext is None or not hdr.autoclear_features & AUTOCLEAR_BITMAPS:
+        return
+    if len(hdr.bitmaps_ext) < 24:
+        return
+    nb, _reserved, dir_size, dir_off = struct.unpack_from(">IIQQ", hdr.bitmaps_ext)
+    cnt.inc(dir_off, dir_size)
+    try:
+        directory = await drv._pread(dir_off, dir_size)
+    except OSError:
+        res.check_errors += 1
+        return
+    pos = 0
+    for _ in range(nb):
+        if pos + 24 > len(directory):
+            break
+        table_off, table_size, _flags, _type, _gran, name_len, extra_len = struct.unpack_from(
+            ">QIIBBHI", directory, pos
+        )
+        pos = (pos + 24 + extra_len + name_len + 7) & ~7
+        cnt.inc(table_off, table_size * 8)
+        if not table_size:
+            continue
+        try:
+            table = await drv._pread(table_off, table_size * 8)
+        except OSError:
+            res.check_errors += 1
+            continue
+        for e in struct.unpack(f">{table_size}Q", table):
+            data = e & L2E_OFFSET_MASK
+            if data:
+                cnt.inc(data, drv.cluster_size)
+
+
 async def _calculate(drv: Qcow2Driver, res: Qcow2CheckResult) -> tuple[_Counter, bool]:
     """Build the in-memory refcounts (calculate_refcounts); returns (counter, rebuild)."""
     cs = drv.cluster_size
@@ -170,6 +206,7 @@ async def _calculate(drv: Qcow2Driver, res: Qcow2CheckResult) -> tuple[_Counter,
         await _check_l1(drv, cnt, res, sn.l1_table_offset, sn.l1_size, False)
     if drv.snapshots:
         cnt.inc(drv.header.snapshots_offset, drv.snapshots_size)
+    await _count_bitmaps(drv, cnt, res)
     rc = drv.rc
     cnt.inc(rc.table_offset, len(rc.table) * 8)
     nb_clusters = len(cnt.refs)

@@ -310,13 +310,15 @@ class Qcow2Driver(BlockDriver):
         self.backing_file = hdr.backing_file
         self.backing_format = hdr.backing_format
 
-        if not check_mode:
-            self.snapshots = []
-            if hdr.nb_snapshots:
+        self.snapshots = []
+        if hdr.nb_snapshots:
+            try:
                 raw = await f.read(hdr.snapshots_offset, snapshot_table_bound(hdr.nb_snapshots))
                 self.snapshots, self.snapshots_size = parse_snapshots(raw, hdr.nb_snapshots)
-        else:
-            self.snapshots = []
+            except GenericError:
+                # In check mode a broken table must not prevent the check.
+                if not check_mode:
+                    raise
 
         update = False
         if hdr.autoclear_features & ~H.AUTOCLEAR_MASK and not self.read_only:
@@ -569,6 +571,7 @@ class Qcow2Driver(BlockDriver):
                         p.ctype == ct
                         and ct != ClusterType.COMPRESSED
                         and p.writable == writable
+                        and (p.entry ^ e) & OFLAG_COPIED == 0
                         and p.offset + p.length == s
                         and (
                             ct not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC)
@@ -803,6 +806,12 @@ class Qcow2Driver(BlockDriver):
                     # Allocated, owned clusters: overwrite in place outside the lock.
                     run = head.length
                     self._io_begin()
+                elif head.ctype == ClusterType.ZERO_ALLOC and head.entry & OFLAG_COPIED:
+                    # Preallocated zero clusters we own: fill them in place.
+                    run = head.length
+                    await self._write_zero_alloc(pos, mv[pos - offset : pos - offset + run], head)
+                    pos += run
+                    continue
                 else:
                     # Everything up to the next in-place cluster (or the slice end,
                     # which _map already limits to) needs allocation.
@@ -821,6 +830,18 @@ class Qcow2Driver(BlockDriver):
             finally:
                 self._io_end()
             pos += run
+
+    async def _write_zero_alloc(self, offset: int, data: memoryview, ext: Extent) -> None:
+        """Write into owned zero-flagged clusters (contiguous host run, lock held):
+        whole clusters go to disk (zeros around the data), then the zero flag goes."""
+        cs = self.cluster_size
+        first = offset & ~(cs - 1)
+        n = -(-(offset + len(data) - first) // cs)
+        host = ext.host - (offset - first)
+        buf = bytearray(n * cs)
+        buf[offset - first : offset - first + len(data)] = data
+        await self._pwrite(host, buf)
+        await self._set_entries(first, [(host + i * cs) | OFLAG_COPIED for i in range(n)])
 
     async def _old_cluster(self, cstart: int, entry: int) -> bytes:
         """Current guest content of the cluster at cstart (for copy-on-write)."""
@@ -1052,8 +1073,8 @@ class Qcow2Driver(BlockDriver):
         async with self._lock:
             if self.read_only:
                 raise GenericError("Image is read-only")
-            if self.snapshots and length != self.size:
-                raise GenericError("Can't resize an image which has snapshots")
+            if self.snapshots and self.header.version < 3 and length != self.size:
+                raise GenericError("Can't resize a v2 image which has snapshots")
             if length < self.size:
                 if preallocation != "off":
                     raise GenericError("Preallocation can't be used for shrinking an image")
