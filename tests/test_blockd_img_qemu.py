@@ -17,6 +17,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -513,6 +514,11 @@ def test_locked_images(twin: Twin) -> None:
             "rebase -u -b  base.qcow2",
             "convert -U -O raw base.qcow2 x.raw",
             "create -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2",
+            # Creating over an image in use must be refused, not truncate it.
+            "create -f qcow2 base.qcow2 1M",
+            "create -f raw base.qcow2 1M",
+            "convert -O raw five.raw base.qcow2",
+            "info -U base.qcow2",
         ):
             twin.same(line.split(" "))
     finally:
@@ -574,7 +580,8 @@ def test_info_json_matches_on_images_blockd_img_made(twin: Twin) -> None:
 
 
 def test_console_script_uses_its_own_name(tmp_path: Path) -> None:
-    exe = shutil.which("blockd-img")
+    beside = Path(sys.executable).parent / "blockd-img"
+    exe = str(beside) if beside.exists() else shutil.which("blockd-img")
     if exe is None:
         pytest.skip("blockd-img console script not installed")
     p = subprocess.run([exe, "info"], capture_output=True, text=True, cwd=tmp_path)

@@ -454,6 +454,7 @@ async def _prepare_target(
                 await _create_raw(out_filename, total * SECTOR, opts)
         except CreateError as e:
             con.error_report(f"{out_filename}: error while converting {a.out_fmt}: {e.msg}")
+            con.error_print(e.hint)
             raise ImgExit(1) from None
     target = await open_for_tool(con, out_filename, a.out_fmt, read_only=False, image_opts=False)
     if a.skip_create and -(-image_length(target) // SECTOR) < total:

@@ -6,6 +6,7 @@ import errno
 import os
 
 from blockd.drivers.base import BlockDriver, OpenFlags, driver_class
+from blockd.drivers.locking import BLK_PERM_ALL, BLK_PERM_RESIZE, BLK_PERM_WRITE
 from blockd.qmp.errors import GenericError
 from blockd.tools.img_cmds.common import Console, ImgExit
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
@@ -188,23 +189,35 @@ async def _size_from_backing(
     return size
 
 
-def _create_file(filename: str) -> None:
-    """qemu_create() + truncation to 0, with file-posix's error text."""
+async def _create_protocol(filename: str) -> BlockDriver:
+    """file-posix's create: make the file, lock it, empty it; return it opened.
+
+    The locks come before the truncation so that an image in use by another
+    process (qemu, qemu-io, blockd) is refused instead of destroyed.
+    """
     try:
-        fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o644)
+        os.close(os.open(filename, os.O_RDWR | os.O_CREAT, 0o644))
     except OSError as e:
         raise CreateError(f"Could not create '{filename}': {os.strerror(e.errno or 5)}") from None
-    try:
-        os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)
-
-
-async def _open_protocol(filename: str) -> BlockDriver:
     node = driver_class("file")()
     flags = OpenFlags(read_only=False)
-    await node.open({"filename": filename}, flags)
+    try:
+        await node.open({"filename": filename}, flags)
+    except GenericError as e:
+        raise CreateError(e.desc, getattr(e, "hint", "") or "") from None
     node.flags = flags
+    try:
+        set_perms = getattr(node, "set_perms", None)
+        if set_perms is not None:
+            # We write and resize; nobody else may resize meanwhile.
+            set_perms(BLK_PERM_WRITE | BLK_PERM_RESIZE, BLK_PERM_ALL & ~BLK_PERM_RESIZE)
+        await node.truncate(0)
+    except GenericError as e:
+        await node.close()
+        hint = getattr(e, "hint", "") or ""
+        raise CreateError(
+            e.desc, hint if not hint or hint.endswith("\n") else hint + "\n"
+        ) from None
     return node
 
 
@@ -212,11 +225,10 @@ async def _create_raw(filename: str, size: int, opts: QemuOpts) -> None:
     prealloc = opts.get_str("preallocation") or "off"
     if prealloc not in ("off", "metadata", "falloc", "full"):
         raise CreateError(f"invalid parameter value: {prealloc}")
-    _create_file(filename)
-    if prealloc == "metadata":
-        raise CreateError("Unsupported preallocation mode: metadata")
-    node = await _open_protocol(filename)
+    node = await _create_protocol(filename)
     try:
+        if prealloc == "metadata":
+            raise CreateError("Unsupported preallocation mode: metadata")
         await node.truncate((size + 511) & ~511, preallocation=prealloc)
     except GenericError as e:
         if "File too large" in e.desc:
@@ -227,9 +239,16 @@ async def _create_raw(filename: str, size: int, opts: QemuOpts) -> None:
 
 
 async def _create_qcow2(filename: str, size: int, opts: QemuOpts) -> None:
+    node = await _create_protocol(filename)
+    try:
+        await _format_qcow2(node, size, opts)
+    finally:
+        await node.close()
+
+
+async def _format_qcow2(node: BlockDriver, size: int, opts: QemuOpts) -> None:
     from blockd.drivers.qcow2 import qcow2_create
 
-    _create_file(filename)
     compat = opts.get_str("compat") or "1.1"
     if compat in ("0.10", "v2"):
         compat = "0.10"
@@ -249,7 +268,6 @@ async def _create_qcow2(filename: str, size: int, opts: QemuOpts) -> None:
         raise CreateError(f"Parameter 'compression-type' does not accept value '{ctype}'")
     if ctype != "zlib":
         raise CreateError("Compression type 'zstd' is not supported by blockd")
-    node = await _open_protocol(filename)
     try:
         await qcow2_create(
             node,
@@ -264,8 +282,6 @@ async def _create_qcow2(filename: str, size: int, opts: QemuOpts) -> None:
         )
     except GenericError as e:
         raise CreateError(e.desc) from None
-    finally:
-        await node.close()
 
 
 __all__ = ["KNOWN_FORMATS", "CreateError", "cvtnum", "img_create", "run"]
