@@ -19,6 +19,7 @@ from blockd.tools.img_cmds.image import (
     close_quietly,
     image_length,
     open_for_tool,
+    read_padded,
     status_above,
 )
 from blockd.tools.img_cmds.progress import Progress
@@ -76,7 +77,7 @@ class _Compare:
 
     async def read(self, node: BlockDriver, name: str, offset: int, n: int) -> bytes:
         try:
-            return await node.read(offset, n)
+            return await read_padded(node, offset, n)
         except (GenericError, OSError) as e:
             text = e.desc if isinstance(e, GenericError) else (e.strerror or str(e))
             raise self.con.fail(

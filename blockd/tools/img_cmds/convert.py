@@ -24,6 +24,7 @@ from blockd.tools.img_cmds.image import (
     image_length,
     layer_status,
     open_for_tool,
+    read_padded,
     status_above,
 )
 from blockd.tools.img_cmds.opts import (
@@ -203,10 +204,7 @@ async def _read(s: ConvertState, sector: int, n: int) -> bytes:
         take = min(n, s.src_sectors[src] - (sector - start))
         node = s.sources[src]
         offset = (sector - start) * SECTOR
-        length = take * SECTOR
-        real = node.get_length()
-        data = await node.read(offset, max(0, min(length, real - offset)))
-        parts.append(data + bytes(length - len(data)))
+        parts.append(await read_padded(node, offset, take * SECTOR))
         sector += take
         n -= take
     return b"".join(parts)

@@ -114,6 +114,14 @@ def image_length(node: BlockDriver) -> int:
     return (node.get_length() + 511) & ~511
 
 
+async def read_padded(node: BlockDriver, offset: int, n: int) -> bytes:
+    """Guest data of [offset, offset+n); zeros past the host end of a raw file
+    whose size is not a multiple of 512 (QEMU reads such tails as zeros)."""
+    real = max(0, min(n, node.get_length() - offset))
+    data = await node.read(offset, real) if real else b""
+    return data + bytes(n - len(data))
+
+
 def file_node(node: BlockDriver) -> BlockDriver:
     """The protocol node holding a layer's data (the layer itself for protocols)."""
     while node.file is not None and not node.is_protocol:

@@ -17,6 +17,7 @@ from blockd.tools.img_cmds.image import (
     layer_status,
     node_filename,
     open_for_tool,
+    read_padded,
 )
 from blockd.tools.img_cmds.progress import Progress, _f32
 from blockd.tools.img_cmds.usage import show_help
@@ -166,7 +167,7 @@ async def _copy_differences(
             n = min(n, old_size - offset)
             assert old_backing is not None
             try:
-                buf_old = await old_backing.read(offset, n)
+                buf_old = await read_padded(old_backing, offset, n)
             except (GenericError, OSError):
                 raise con.fail("error while reading from old backing file") from None
         if new_backing is None or offset >= new_size:
@@ -174,7 +175,7 @@ async def _copy_differences(
         else:
             n = min(n, new_size - offset)
             try:
-                buf_new = await new_backing.read(offset, n)
+                buf_new = await read_padded(new_backing, offset, n)
             except (GenericError, OSError):
                 raise con.fail("error while reading from new backing file") from None
             buf_old = buf_old[:n]
