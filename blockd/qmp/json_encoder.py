@@ -59,7 +59,7 @@ def _suspect(out: str) -> bool:
 
 # Tokens of json.dumps output that may need rewriting.
 _FIX_TOKEN = re.compile(
-    r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?'
+    r'"(?:[^"\\]++|\\.)*+"|-?Infinity|NaN|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?'
 )
 # In json.dumps output of a surrogate-free string: escapes to uppercase, DEL.
 _FIX_ESC = re.compile(r"\\\\|\\u[0-9a-f]{4}|\x7f")
