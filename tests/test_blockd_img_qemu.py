@@ -446,6 +446,19 @@ CONVERT = {
         "convert -O qcow2 -o foo=1 base.qcow2 x.qcow2",
         "convert -o help",
     ),
+    "cache-modes": _case(
+        "convert -t bogus -O raw base.qcow2 x.raw",
+        "convert -T bogus -O raw base.qcow2 y.raw",
+        "convert -t none -T directsync -O qcow2 top.qcow2 z.qcow2",
+        "check -T bogus base.qcow2",
+        "check -T none base.qcow2",
+        "compare -T bogus base.qcow2 base.qcow2",
+        "compare -T none z.qcow2 top.qcow2",
+        "rebase -t bogus -u -b  top.qcow2",
+        "rebase -T bogus -u -b  top.qcow2",
+        "rebase -t none -T none -b newbase.qcow2 -F qcow2 top.qcow2",
+        "compare top.qcow2 z.qcow2",
+    ),
 }
 CONVERT_FILES = ["a.raw", "b.qcow2", "c.qcow2", "d.qcow2", "e.raw", "f.qcow2", "g.qcow2"]
 CONVERT_FILES += ["h.qcow2", "j.qcow2", "m.qcow2", "empty.qcow2", "big.qcow2"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from blockd.drivers.base import BlockDriver
 from blockd.qmp.errors import GenericError
-from blockd.tools.img_cmds.common import Console, ImgExit, parse_output_format
+from blockd.tools.img_cmds.common import Console, ImgExit, parse_cache, parse_output_format
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
 from blockd.tools.img_cmds.image import close_quietly, open_for_tool
 from blockd.tools.img_cmds.qjson import to_json_pretty
@@ -112,7 +112,12 @@ def human_check(r: dict[str, int]) -> str:
 
 
 async def _open(
-    con: Console, filename: str, fmt: str | None, repair: str | None, force_share: bool
+    con: Console,
+    filename: str,
+    fmt: str | None,
+    repair: str | None,
+    force_share: bool,
+    direct: bool,
 ) -> BlockDriver:
     """Open for checking.
 
@@ -122,14 +127,20 @@ async def _open(
     clusters look leaked; so it is used only for dirty images without snapshots.
     """
     if repair is None:
-        return await open_for_tool(con, filename, fmt, force_share=force_share)
+        return await open_for_tool(con, filename, fmt, force_share=force_share, cache_direct=direct)
     probe = await open_for_tool(con, filename, fmt, force_share=force_share)
     try:
         check_mode = bool(getattr(probe, "dirty", False)) and not getattr(probe, "snapshots", None)
     finally:
         await close_quietly(probe)
     return await open_for_tool(
-        con, filename, fmt, read_only=False, force_share=force_share, check_mode=check_mode
+        con,
+        filename,
+        fmt,
+        read_only=False,
+        force_share=force_share,
+        check_mode=check_mode,
+        cache_direct=direct,
     )
 
 
@@ -139,6 +150,7 @@ async def run(con: Console, argv: list[str]) -> int:
     repair: str | None = None
     quiet = False
     force_share = False
+    src_cache = "writeback"
     opts, args = getopt(con, argv, ":hf:r:T:qU", LONGOPTS)
     for key, val in opts:
         if key == "h":
@@ -153,6 +165,9 @@ async def run(con: Console, argv: list[str]) -> int:
             repair = val
         elif key == "output":
             output = val
+        elif key == "T":
+            assert val is not None
+            src_cache = val
         elif key == "q":
             quiet = True
         elif key == "image-opts":
@@ -163,8 +178,9 @@ async def run(con: Console, argv: list[str]) -> int:
         raise con.error_exit("Expecting one image file name")
     filename = args[0]
     ofmt = parse_output_format(con, output)
+    direct = parse_cache(con, src_cache, "source cache")
     try:
-        node = await _open(con, filename, fmt, repair, force_share)
+        node = await _open(con, filename, fmt, repair, force_share, direct)
     except ImgExit:
         return 1
     try:

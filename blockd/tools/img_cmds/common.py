@@ -74,6 +74,25 @@ class Console:
         return ImgExit(code)
 
 
+# bdrv_parse_cache_mode(): the modes, and whether they bypass the host page cache.
+CACHE_MODES = {
+    "none": True,
+    "off": True,
+    "directsync": True,
+    "writeback": False,
+    "writethrough": False,
+    "unsafe": False,
+}
+
+
+def parse_cache(con: Console, value: str, what: str, code: int = 1) -> bool:
+    """A -t/-T cache mode; True when it means O_DIRECT.  ``what`` is "cache" or
+    "source cache" as in qemu-img's error."""
+    if value not in CACHE_MODES:
+        raise con.fail(f"Invalid {what} option: {value}", code)
+    return CACHE_MODES[value]
+
+
 def parse_output_format(con: Console, value: str | None) -> str:
     """``--output`` value: "human" or "json", with qemu-img's complaint otherwise."""
     if value is None or value == "human":

@@ -11,7 +11,7 @@ import struct
 
 from blockd.drivers.base import BlockDriver
 from blockd.qmp.errors import GenericError
-from blockd.tools.img_cmds.common import Console, ImgExit
+from blockd.tools.img_cmds.common import Console, ImgExit, parse_cache
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
 from blockd.tools.img_cmds.image import (
     BDRV_ALLOCATED,
@@ -102,6 +102,7 @@ async def run(con: Console, argv: list[str]) -> int:
     fmt1: str | None = None
     fmt2: str | None = None
     progress = quiet = strict = force_share = False
+    src_cache = "writeback"
     opts, args = getopt(con, argv, ":hf:F:T:pqsU", LONGOPTS)
     for key, val in opts:
         if key == "h":
@@ -110,6 +111,9 @@ async def run(con: Console, argv: list[str]) -> int:
             fmt1 = val
         elif key == "F":
             fmt2 = val
+        elif key == "T":
+            assert val is not None
+            src_cache = val
         elif key == "p":
             progress = True
         elif key == "q":
@@ -126,7 +130,10 @@ async def run(con: Console, argv: list[str]) -> int:
         raise con.error_exit("Expecting two image file names")
     prog = Progress(con, progress, 2.0)
     try:
-        return await _compare(con, args[0], args[1], fmt1, fmt2, quiet, strict, force_share, prog)
+        direct = parse_cache(con, src_cache, "source cache", 2)
+        return await _compare(
+            con, args[0], args[1], fmt1, fmt2, quiet, strict, force_share, direct, prog
+        )
     except ImgExit as e:
         return e.code
     finally:
@@ -142,12 +149,17 @@ async def _compare(
     quiet: bool,
     strict: bool,
     force_share: bool,
+    direct: bool,
     prog: Progress,
 ) -> int:
-    bs1 = await open_for_tool(con, name1, fmt1, force_share=force_share, code=2)
+    bs1 = await open_for_tool(
+        con, name1, fmt1, force_share=force_share, code=2, cache_direct=direct
+    )
     bs2: BlockDriver | None = None
     try:
-        bs2 = await open_for_tool(con, name2, fmt2, force_share=force_share, code=2)
+        bs2 = await open_for_tool(
+            con, name2, fmt2, force_share=force_share, code=2, cache_direct=direct
+        )
         return await _walk(_Compare(con, quiet), bs1, bs2, name1, name2, strict, prog)
     finally:
         await close_quietly(bs2)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from blockd.drivers.base import BlockDriver, driver_class
 from blockd.qmp.errors import GenericError
-from blockd.tools.img_cmds.common import Console, ImgExit
+from blockd.tools.img_cmds.common import Console, ImgExit, parse_cache
 from blockd.tools.img_cmds.create import CreateError, _create_qcow2, _create_raw, cvtnum
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
 from blockd.tools.img_cmds.image import (
@@ -301,6 +301,8 @@ class _Args:
     force_share: bool = False
     target_is_zero: bool = False
     min_sparse: int = 8
+    cache: str = "unsafe"
+    src_cache: str = "writeback"
     files: list[str] = field(default_factory=list)
 
 
@@ -338,6 +340,12 @@ def _parse(con: Console, argv: list[str]) -> _Args:
             a.min_sparse = sval // SECTOR
         elif key == "p":
             a.progress = True
+        elif key == "t":
+            assert val is not None
+            a.cache = val
+        elif key == "T":
+            assert val is not None
+            a.src_cache = val
         elif key == "q":
             a.quiet = True
         elif key == "n":
@@ -359,8 +367,8 @@ def _parse(con: Console, argv: list[str]) -> _Args:
             con.image_opts = True
         elif key == "target-is-zero":
             a.target_is_zero = True
-        # -C (copy offloading), -W (out-of-order writes), -t/-T (cache modes), -l and
-        # -r (snapshots, rate limit) change nothing observable here and are accepted.
+        # -C (copy offloading), -W (out-of-order writes), -l and -r (snapshots, rate
+        # limit) change nothing observable here and are accepted.
     if a.quiet:
         a.progress = False
     return a
@@ -380,13 +388,18 @@ async def run(con: Console, argv: list[str]) -> int:
         return 0
     if len(a.files) < 2:
         raise con.fail("Must specify image file name")
+    src_direct = parse_cache(con, a.src_cache, "source cache")
     prog = Progress(con, a.progress, 1.0)
     prog.print(0, 100)
     sources: list[BlockDriver] = []
     target: BlockDriver | None = None
     try:
         for name in a.files[:-1]:
-            sources.append(await open_for_tool(con, name, a.fmt, force_share=a.force_share))
+            sources.append(
+                await open_for_tool(
+                    con, name, a.fmt, force_share=a.force_share, cache_direct=src_direct
+                )
+            )
         assert out_filename is not None
         target = await _prepare_target(con, a, sources, out_filename)
         s = await _state(con, a, sources, target)
@@ -454,7 +467,10 @@ async def _prepare_target(
             con.error_report(f"{out_filename}: error while converting {a.out_fmt}: {e.msg}")
             con.error_print(e.hint)
             raise ImgExit(1) from None
-    target = await open_for_tool(con, out_filename, a.out_fmt, read_only=False, image_opts=False)
+    direct = parse_cache(con, a.cache, "cache")
+    target = await open_for_tool(
+        con, out_filename, a.out_fmt, read_only=False, image_opts=False, cache_direct=direct
+    )
     if a.skip_create and -(-image_length(target) // SECTOR) < total:
         await close_quietly(target)
         raise con.fail("output file is smaller than input file")

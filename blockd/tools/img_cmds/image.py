@@ -44,6 +44,7 @@ async def open_for_tool(
     code: int = 1,
     check_mode: bool = False,
     image_opts: bool | None = None,
+    cache_direct: bool = False,
 ) -> BlockDriver:
     """img_open(): open or report and exit with ``code``.
 
@@ -73,16 +74,27 @@ async def open_for_tool(
                 backing=backing,
                 force_share=force_share,
                 options=options,
+                cache_direct=cache_direct,
             )
         except GenericError as e:
             report_open_error(con, filename, e)
             raise ImgExit(code) from None
     try:
         if check_mode:
-            flags = OpenFlags(read_only=read_only, force_share=force_share, extra={"check": True})
+            flags = OpenFlags(
+                read_only=read_only,
+                force_share=force_share,
+                cache_direct=cache_direct,
+                extra={"check": True},
+            )
             return await open_node({}, flags, filename=filename, fmt=fmt, backing=backing)
         return await open_image(
-            filename, fmt, read_only=read_only, backing=backing, force_share=force_share
+            filename,
+            fmt,
+            read_only=read_only,
+            backing=backing,
+            force_share=force_share,
+            cache_direct=cache_direct,
         )
     except GenericError as e:
         report_open_error(con, filename, e)

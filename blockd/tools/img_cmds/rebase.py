@@ -7,7 +7,7 @@ import os
 
 from blockd.drivers.base import BlockDriver, driver_class
 from blockd.qmp.errors import GenericError
-from blockd.tools.img_cmds.common import Console, ImgExit
+from blockd.tools.img_cmds.common import Console, ImgExit, parse_cache
 from blockd.tools.img_cmds.compare import compare_buffers
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
 from blockd.tools.img_cmds.image import (
@@ -35,6 +35,7 @@ async def run(con: Console, argv: list[str]) -> int:
     out_fmt: str | None = None
     out_img: str | None = None
     unsafe = progress = quiet = force_share = False
+    cache = src_cache = "writeback"
     opts, args = getopt(con, argv, ":hf:F:b:upt:T:qU", LONGOPTS)
     for key, val in opts:
         if key == "h":
@@ -49,6 +50,12 @@ async def run(con: Console, argv: list[str]) -> int:
             unsafe = True
         elif key == "p":
             progress = True
+        elif key == "t":
+            assert val is not None
+            cache = val
+        elif key == "T":
+            assert val is not None
+            src_cache = val
         elif key == "q":
             quiet = True
         elif key == "image-opts":
@@ -64,7 +71,11 @@ async def run(con: Console, argv: list[str]) -> int:
     prog = Progress(con, progress, 2.0)
     prog.print(0, 100)
     try:
-        return await _rebase(con, args[0], fmt, out_img, out_fmt, unsafe, force_share, prog)
+        direct = parse_cache(con, cache, "cache")
+        src_direct = parse_cache(con, src_cache, "source cache")
+        return await _rebase(
+            con, args[0], fmt, out_img, out_fmt, unsafe, force_share, prog, direct, src_direct
+        )
     except ImgExit as e:
         return e.code
     finally:
@@ -91,10 +102,14 @@ async def _rebase(
     unsafe: bool,
     force_share: bool,
     prog: Progress,
+    direct: bool = False,
+    src_direct: bool = False,
 ) -> int:
     from blockd.drivers.open import close_image, open_image, resolve_backing_path
 
-    bs = await open_for_tool(con, filename, fmt, read_only=False, backing=not unsafe)
+    bs = await open_for_tool(
+        con, filename, fmt, read_only=False, backing=not unsafe, cache_direct=direct
+    )
     new_backing: BlockDriver | None = None
     opened_new = False
     try:
@@ -112,7 +127,11 @@ async def _rebase(
             else:
                 try:
                     new_backing = await open_image(
-                        real, out_fmt, read_only=True, force_share=force_share
+                        real,
+                        out_fmt,
+                        read_only=True,
+                        force_share=force_share,
+                        cache_direct=src_direct,
                     )
                     opened_new = True
                 except GenericError as e:
