@@ -578,12 +578,12 @@ def test_convert(twin: Twin, name: str) -> None:
 
 def test_info_json_matches_on_images_blockd_img_made(twin: Twin) -> None:
     """Field for field (actual-size aside) on images created by blockd-img itself."""
-    for args in (
+    for line in (
         "create -q -f qcow2 -o cluster_size=4k,lazy_refcounts=on n1.qcow2 3M",
         "create -q -f qcow2 -b n1.qcow2 -F qcow2 n2.qcow2",
         "create -q -f qcow2 -o compat=0.10 n3.qcow2 1G",
     ):
-        assert run_blockd(twin.b, args.split(" ")).rc == 0
+        assert run_blockd(twin.b, line.split(" ")).rc == 0
     for name in ("n1.qcow2", "n2.qcow2", "n3.qcow2"):
         for extra in ([], ["--backing-chain"]):
             args = ["info", "--output=json", *extra, name]
@@ -602,5 +602,5 @@ def test_console_script_uses_its_own_name(tmp_path: Path) -> None:
     assert p.stderr == (
         "blockd-img: Expecting one image file name\nTry 'qemu-img --help' for more information\n"
     )
-    p = subprocess.run([exe, "create", "-q", "x.raw", "1M"], capture_output=True, cwd=tmp_path)
-    assert p.returncode == 0 and (tmp_path / "x.raw").stat().st_size == 1 << 20
+    q = subprocess.run([exe, "create", "-q", "x.raw", "1M"], capture_output=True, cwd=tmp_path)
+    assert q.returncode == 0 and (tmp_path / "x.raw").stat().st_size == 1 << 20

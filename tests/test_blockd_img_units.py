@@ -231,3 +231,32 @@ def test_sector_helpers() -> None:
     buf = d + z + z + d + z * 16
     assert is_allocated_sectors(buf, 20, 0, 1) == (True, 1)
     assert is_allocated_sectors_min(buf, 20, 8, 0, 1) == (True, 4)
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    from blockd.tools.img import run
+
+    con = _con()
+    rc = run(argv, con)
+    assert isinstance(con.out, io.StringIO) and isinstance(con.err, io.StringIO)
+    return rc, con.out.getvalue(), con.err.getvalue()
+
+
+def test_help_and_version_exit_zero() -> None:
+    rc, out, err = _run(["--help"])
+    assert rc == 0 and err == ""
+    assert out.startswith("qemu-img version 7.2")
+    assert "  convert [" in out and "\nSupported formats: " in out
+    assert _run(["info", "-h"])[0] == 0
+    rc, out, _ = _run(["-V"])
+    assert rc == 0 and out.startswith("qemu-img version 7.2")
+
+
+def test_usage_errors() -> None:
+    assert _run([]) == (
+        1,
+        "",
+        "qemu-img: Not enough arguments\nTry 'qemu-img --help' for more information\n",
+    )
+    assert _run(["measure"])[2].startswith("qemu-img: Command not found: measure\n")
+    assert _run(["-T", "x"]) == (0, "", "")
