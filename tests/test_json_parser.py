@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blockd.qmp import json_parser
+from blockd.qmp.errors import GenericError
 from blockd.qmp.json_parser import (
     MAX_NESTING,
     MAX_TOKEN_COUNT,
@@ -22,6 +23,7 @@ from blockd.qmp.json_parser import (
     JSONParseError,
     JSONStreamParser,
     qemu_decode,
+    qobject_from_json,
 )
 
 E = JSONParseError
@@ -658,3 +660,54 @@ def test_property_fast_equals_exact_near_limits(frags: list[bytes], data: st.Dat
                 prev = c
             results.append(got)
     assert same_list(results[0], results[1]), text
+
+
+# --------------------------------------------------------------------------
+# whole texts: flush() and qobject_from_json (messages checked against
+# qemu-img's json: filenames in test_json_vs_qsd.py)
+
+
+@pytest.mark.parametrize(
+    ("text", "result"),
+    [
+        ('{"a":1', "JSON parse error, premature EOI"),
+        ("[1,", "JSON parse error, premature EOI"),
+        ('{"a":1}{"b":2}', "Expecting at most one JSON value"),
+        ('{"a":1}}', "Expecting at most one JSON value"),
+        ("{'a':1}x", "Expecting at most one JSON value"),
+        ("", "Expecting a JSON value"),
+        (" \n", "Expecting a JSON value"),
+        ('"abc', "JSON parse error, stray '\"abc'"),
+        ('{"a":-', "JSON parse error, stray '-'"),
+        ('{"a":1e', "JSON parse error, stray '1e'"),
+        ('{"a":tru', "JSON parse error, invalid keyword 'tru'"),
+        ("]", "JSON parse error, expecting value"),
+        ('{"a":"x\x00y"}', "JSON parse error, stray '\"x'"),  # a C string ends at NUL
+        ("1", 1),
+        ("12", 12),
+        ("1.5", 1.5),
+        ("null", None),
+        (' {"a": [1, "\\u00e9"]} ', {"a": [1, "\xe9"]}),
+    ],
+)
+def test_qobject_from_json(text: str, result: Any) -> None:
+    if isinstance(result, str):
+        with pytest.raises(GenericError) as info:
+            qobject_from_json(text)
+        assert info.value.desc == result
+    else:
+        assert same(qobject_from_json(text), result)
+        assert same(qobject_from_json(text.encode()), result)
+
+
+def test_flush_finishes_or_rejects_the_partial_token() -> None:
+    p = JSONStreamParser()
+    assert p.feed(b"123") == []
+    assert p.flush() == [123]
+    assert p.feed(b"[1, tr") == []
+    assert p.flush() == [err("invalid keyword 'tr'")]
+    assert p.feed(b"'ab") == []
+    assert p.flush() == [err("stray ''ab'")]
+    assert p.feed(b"@@") == [err("stray '@'")]
+    assert p.flush() == []
+    assert p.feed(b'{"a":1}') == [{"a": 1}]

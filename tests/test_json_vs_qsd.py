@@ -401,3 +401,47 @@ def test_generated_inputs_match_qsd(session: QSDSession) -> None:
 
     malformed()
     ids()
+
+
+JSON_TEXTS = [
+    '{"a":1',
+    "[1,",
+    '{"a":1}{"b":2}',
+    '{"a":1}}',
+    "{'a':1}x",
+    "",
+    " ",
+    '"abc',
+    '{"a":-',
+    '{"a":1e',
+    '{"a":1.',
+    '{"a":tru',
+    '{"a":"\\u12"}',
+    '{"a":"\\q"}',
+    '{"a":1,"a":2}',
+    "]",
+    "{foo}",
+    '{"a" 1}',
+    '{"driver":"null-co","size":01}',
+    '{"a":"\x01"}',
+    "{'a':'b",
+]
+
+
+def test_qobject_from_json_matches_qemu_img(qemu_img: str) -> None:
+    """Whole-text parsing (flush at the end) against qemu-img's json: filenames."""
+    from blockd.qmp.errors import GenericError
+    from blockd.qmp.json_parser import qobject_from_json
+
+    prefix = "Could not parse the JSON options: "
+    for text in JSON_TEXTS:
+        res = subprocess.run(
+            [qemu_img, "info", "json:" + text], capture_output=True, text=True, check=False
+        )
+        assert res.returncode != 0
+        line = res.stderr.splitlines()[0]
+        assert prefix in line, (text, line)
+        want = line.split(prefix, 1)[1]
+        with pytest.raises(GenericError) as info:
+            qobject_from_json(text)
+        assert info.value.desc == want, text

@@ -38,6 +38,7 @@ __all__ = [
     "JSONParseError",
     "JSONStreamParser",
     "qemu_decode",
+    "qobject_from_json",
 ]
 
 # json-streamer.c / json-lexer.c limits.
@@ -605,6 +606,32 @@ class JSONStreamParser:
         self._lex(data)
         return out
 
+    def flush(self) -> list[Any]:
+        """End of input (``json_message_parser_flush``), for whole texts.
+
+        The partial token is finished (a number or keyword) or reported as
+        stray (a string, a lone ``-``, ...), then whatever is queued is parsed
+        -- which yields e.g. "premature EOI" for an unclosed object.  The QMP
+        monitor never flushes; :func:`qobject_from_json` does.
+        """
+        out: list[Any] = []
+        self._out = out
+        state = self._state
+        if state in (_IN_ZERO, _IN_DIGITS):
+            self._emit_tok(_INTEGER)
+        elif state in (_IN_MANTISSA_DIGITS, _IN_EXP_DIGITS):
+            self._emit_tok(_FLOAT)
+        elif state == _IN_KEYWORD:
+            self._emit_tok(_KEYWORD)
+        elif state != _IN_START and state != _IN_RECOVERY:
+            self._lex_error()
+        self._state = _IN_START
+        if self._ntokens:
+            buf = bytes(self._queue)
+            self._reset_queue()
+            out.append(_parse_message(buf, self._fast_ok))
+        return out
+
     # -- fast path --------------------------------------------------------
 
     def _fast(self, data: bytes, out: list[Any]) -> bytes:
@@ -900,3 +927,27 @@ class JSONStreamParser:
         else:
             self._lex_error()
         return pos + 1
+
+
+def qobject_from_json(text: bytes | str) -> Any:
+    """QEMU's ``qobject_from_json``: exactly one JSON value from a whole text.
+
+    Used for JSON on the command line (``--blockdev '{...}'``, ``json:``
+    filenames).  Raises :class:`blockd.qmp.errors.GenericError` with QEMU's
+    text: the value's parse error, "Expecting at most one JSON value" or
+    "Expecting a JSON value".  Like C, the text ends at a NUL.
+    """
+    from blockd.qmp.errors import GenericError
+
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    parser = JSONStreamParser()
+    items = parser.feed(_cstr(text)) + parser.flush()
+    if not items:
+        raise GenericError("Expecting a JSON value")
+    if len(items) > 1 and not isinstance(items[0], JSONParseError):
+        # consume_json(): a second item replaces the value with this error
+        raise GenericError("Expecting at most one JSON value")
+    if isinstance(items[0], JSONParseError):
+        raise GenericError(items[0].desc)
+    return items[0]
