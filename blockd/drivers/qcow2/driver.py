@@ -17,10 +17,11 @@ drained, so a host cluster is never reused while somebody still reads it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -94,6 +95,19 @@ class Extent:
     writable: bool  # NORMAL with OFLAG_COPIED: can be overwritten in place
 
 
+@dataclass
+class _AllocPlan:
+    """An allocating write in flight: guest clusters c0..c1 get host clusters
+    from ``host`` on; ``old`` are their previous L2 entries."""
+
+    c0: int
+    c1: int
+    offset: int
+    host: int
+    old: list[int]
+    done: asyncio.Event
+
+
 @register_driver
 class Qcow2Driver(BlockDriver):
     """QEMU-compatible qcow2 (v2 and v3) on top of a protocol node."""
@@ -128,6 +142,8 @@ class Qcow2Driver(BlockDriver):
         self.cache_config: CacheConfig | None = None
         self._corruption_reported = False
         self._pending_frees: list[tuple[int, int, str]] = []
+        # Allocating writes between their two halves (see _alloc_prepare).
+        self._allocs: list[_AllocPlan] = []
         self._opened = False
         # Hook for the graph engine (BLOCK_IMAGE_CORRUPTED): (message, fatal).
         self.on_corruption: Callable[[str, bool], None] | None = None
@@ -404,7 +420,7 @@ class Qcow2Driver(BlockDriver):
 
     async def reopen(self, options: dict[str, Any], flags: OpenFlags) -> None:
         """Apply changed runtime options (cache sizes, discard, lazy refcounts)."""
-        async with self._lock:
+        async with self._locked():
             old = self.cache_config
             self._apply_options(options, flags)
             cfg = self.cache_config
@@ -451,7 +467,7 @@ class Qcow2Driver(BlockDriver):
             self._clean_task.cancel()
             self._clean_task = None
         if not self.read_only and self.file is not None:
-            async with self._lock:
+            async with self._locked():
                 await self._process_frees()
                 await self._release_pool()
                 await self._drain()
@@ -705,7 +721,6 @@ class Qcow2Driver(BlockDriver):
         await self._pwrite(self.l1_offset + l1_idx * 8, struct.pack(">Q", self.l1[l1_idx]))
         if old:
             self.l2cache.drop_range(old, self.cluster_size)
-            await self._barrier()
             await self._free(old, self.cluster_size, DISCARD_OTHER)
         return new
 
@@ -799,8 +814,11 @@ class Qcow2Driver(BlockDriver):
             # One L2 slice per round keeps the mapping work proportional.
             _, l2_idx = self._split(pos)
             room = (self.slice_entries - l2_idx % self.slice_entries) * cs - (pos & (cs - 1))
-            async with self._lock:
-                extents = await self._map(pos, min(end - pos, room))
+            span = min(end - pos, room)
+            await self._acquire_clusters(pos, span)
+            plan: _AllocPlan | None = None
+            try:
+                extents = await self._map(pos, span)
                 head = extents[0]
                 if head.writable:
                     # Allocated, owned clusters: overwrite in place outside the lock.
@@ -813,16 +831,19 @@ class Qcow2Driver(BlockDriver):
                     pos += run
                     continue
                 else:
-                    # Everything up to the next in-place cluster (or the slice end,
-                    # which _map already limits to) needs allocation.
+                    # Everything up to the next in-place cluster needs allocation.
                     run = 0
                     for ext in extents:
                         if ext.writable:
                             break
                         run += ext.length
-                    await self._allocating_write(pos, mv[pos - offset : pos - offset + run])
-                    pos += run
-                    continue
+                    plan = await self._alloc_prepare(pos, run)
+            finally:
+                self._lock.release()
+            if plan is not None:
+                await self._alloc_finish(plan, mv[pos - offset : pos - offset + run])
+                pos += run
+                continue
             try:
                 await self._f.write(head.host, mv[pos - offset : pos - offset + run])
                 if head.host + run > self._file_len:
@@ -830,6 +851,28 @@ class Qcow2Driver(BlockDriver):
             finally:
                 self._io_end()
             pos += run
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, offset: int = 0, length: int = 1 << 62) -> AsyncIterator[None]:
+        """The metadata lock, once no allocation in flight overlaps the guest
+        range (default: the whole image)."""
+        await self._acquire_clusters(offset, length)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    async def _acquire_clusters(self, offset: int, length: int) -> None:
+        """Take the lock once no allocation in flight overlaps the guest range."""
+        c0 = offset >> self.cluster_bits
+        c1 = (offset + max(length, 1) - 1) >> self.cluster_bits
+        while True:
+            await self._lock.acquire()
+            busy = next((p.done for p in self._allocs if p.c0 <= c1 and c0 <= p.c1), None)
+            if busy is None:
+                return
+            self._lock.release()
+            await busy.wait()
 
     async def _write_zero_alloc(self, offset: int, data: memoryview, ext: Extent) -> None:
         """Write into owned zero-flagged clusters (contiguous host run, lock held):
@@ -854,17 +897,10 @@ class Qcow2Driver(BlockDriver):
             return await self._read_backing(cstart, self.cluster_size)
         return bytes(self.cluster_size)
 
-    async def _allocating_write(self, offset: int, data: memoryview) -> None:
-        """Write into clusters that need new host clusters (caller holds the lock).
-
-        [offset, offset+len) lies within one L2 slice.  Partial first/last
-        clusters are completed from their old content (backing, compressed,
-        shared or zero), the whole run goes to freshly allocated contiguous
-        clusters in one write, then the L2 entries are switched, then the old
-        clusters lose their reference.
-        """
-        cs = self.cluster_size
-        end = offset + len(data)
+    async def _alloc_prepare(self, offset: int, length: int) -> _AllocPlan:
+        """First half of an allocating write (lock held): make the L2 table ours,
+        take fresh contiguous clusters and mark the guest clusters in flight."""
+        end = offset + length
         c0 = offset >> self.cluster_bits
         c1 = (end - 1) >> self.cluster_bits
         n = c1 - c0 + 1
@@ -872,29 +908,49 @@ class Qcow2Driver(BlockDriver):
         await self._writable_l2(l1_idx)
         old, _ = await self._entries(offset, n)
         host = await self._alloc(n)
-        buf = bytearray(n * cs)
-        head = offset - (c0 << self.cluster_bits)
-        tail = ((c1 + 1) << self.cluster_bits) - end
-        if head:
-            buf[:cs] = await self._old_cluster(c0 << self.cluster_bits, old[0])
-        if tail and (n > 1 or not head):
-            buf[(n - 1) * cs :] = await self._old_cluster(c1 << self.cluster_bits, old[-1])
-        buf[head : head + len(data)] = data
-        await self._pwrite(host, buf)
-        await self._dependency_barrier()
-        await self._set_entries(
-            offset & ~(cs - 1), [(host + i * cs) | OFLAG_COPIED for i in range(n)]
-        )
-        to_free = [
-            e
-            for e in old
-            if cluster_type(e)
-            in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC, ClusterType.COMPRESSED)
-        ]
-        if to_free:
-            await self._barrier()
-            for e in to_free:
-                await self._free_entry(e, DISCARD_OTHER)
+        plan = _AllocPlan(c0, c1, offset, host, old, asyncio.Event())
+        self._allocs.append(plan)
+        self._io_begin()
+        return plan
+
+    async def _alloc_finish(self, plan: _AllocPlan, data: memoryview) -> None:
+        """Second half: data (completed from the old content of partial clusters)
+        goes to the new clusters in one write outside the lock; then, under the
+        lock, the L2 entries switch over and the old clusters lose a reference."""
+        cs = self.cluster_size
+        n = plan.c1 - plan.c0 + 1
+        ok = False
+        try:
+            buf = bytearray(n * cs)
+            head = plan.offset - (plan.c0 << self.cluster_bits)
+            tail = ((plan.c1 + 1) << self.cluster_bits) - (plan.offset + len(data))
+            if head:
+                buf[:cs] = await self._old_cluster(plan.c0 << self.cluster_bits, plan.old[0])
+            if tail and (n > 1 or not head):
+                buf[(n - 1) * cs :] = await self._old_cluster(
+                    plan.c1 << self.cluster_bits, plan.old[-1]
+                )
+            buf[head : head + len(data)] = data
+            await self._pwrite(plan.host, buf)
+            ok = True
+        finally:
+            self._io_end()
+            async with self._lock:
+                try:
+                    if ok:
+                        await self._dependency_barrier()
+                        await self._set_entries(
+                            plan.c0 << self.cluster_bits,
+                            [(plan.host + i * cs) | OFLAG_COPIED for i in range(n)],
+                        )
+                        for e in plan.old:
+                            await self._free_entry(e, DISCARD_OTHER)
+                    else:
+                        # Never referenced: give the clusters back.
+                        await self._free(plan.host, n * cs, DISCARD_NEVER)
+                finally:
+                    self._allocs.remove(plan)
+                    plan.done.set()
 
     async def _write_compressed(self, offset: int, mv: memoryview) -> None:
         cs = self.cluster_size
@@ -912,7 +968,7 @@ class Qcow2Driver(BlockDriver):
                 await self._write_data(guest, chunk)
                 pos += cs
                 continue
-            async with self._lock:
+            async with self._locked(guest, cs):
                 l1_idx, _ = self._split(guest)
                 await self._writable_l2(l1_idx)
                 (entry,), _ = await self._entries(guest, 1)
@@ -977,7 +1033,7 @@ class Qcow2Driver(BlockDriver):
         pos = offset
         end = offset + length
         while pos < end:
-            async with self._lock:
+            async with self._locked(pos, end - pos):
                 n = -(-(end - pos) // cs)
                 old, _ = await self._entries(pos, n)
                 if all(
@@ -1004,7 +1060,6 @@ class Qcow2Driver(BlockDriver):
                 await self._dependency_barrier()
                 await self._set_entries(pos, new)
                 if frees:
-                    await self._barrier()
                     for e in frees:
                         await self._free_entry(e, DISCARD_REQUEST)
                 pos += len(old) * cs
@@ -1017,7 +1072,7 @@ class Qcow2Driver(BlockDriver):
         b = end if end == self.size else end & ~(cs - 1)
         pos = a
         while pos < b:
-            async with self._lock:
+            async with self._locked(pos, b - pos):
                 n = -(-(b - pos) // cs)
                 old, l2_off = await self._entries(pos, n)
                 step = len(old) * cs
@@ -1050,7 +1105,6 @@ class Qcow2Driver(BlockDriver):
                 await self._dependency_barrier()
                 await self._set_entries(pos, new)
                 if frees:
-                    await self._barrier()
                     for e in frees:
                         await self._free_entry(e, DISCARD_REQUEST)
                 pos += step
@@ -1070,7 +1124,7 @@ class Qcow2Driver(BlockDriver):
             raise GenericError(f"Unsupported preallocation mode '{preallocation}'")
         if length & 511:
             raise GenericError("The new size must be a multiple of 512")
-        async with self._lock:
+        async with self._locked():
             if self.read_only:
                 raise GenericError("Image is read-only")
             if self.snapshots and self.header.version < 3 and length != self.size:
@@ -1096,7 +1150,7 @@ class Qcow2Driver(BlockDriver):
         """falloc/full growth as QEMU does it: one new data area after a fresh
         refcount area at the end of the file, then L2 entries pointing into it."""
         cs = self.cluster_size
-        async with self._lock:
+        async with self._locked():
             first = start // cs
             last = -(-end // cs)
             count = last - first
@@ -1160,7 +1214,6 @@ class Qcow2Driver(BlockDriver):
         self.l1 = new_l1
         self.l1_offset = new_off
         if old_len:
-            await self._barrier()
             await self._free(old_off, old_len, DISCARD_OTHER)
 
     async def _shrink(self, length: int) -> None:
@@ -1174,7 +1227,6 @@ class Qcow2Driver(BlockDriver):
                 l1_idx, _ = self._split(pos)
                 await self._writable_l2(l1_idx)
                 await self._set_entries(pos, [0] * len(old))
-                await self._barrier()
                 for e in old:
                     await self._free_entry(e, DISCARD_ALWAYS)
             pos += len(old) * cs
@@ -1186,7 +1238,6 @@ class Qcow2Driver(BlockDriver):
                 self.l1[i] = 0
                 await self._pwrite(self.l1_offset + i * 8, bytes(8))
                 self.l2cache.drop_range(l2, cs)
-                await self._barrier()
                 await self._free(l2, cs, DISCARD_ALWAYS)
         self.header.size = length
         self.size = length
@@ -1199,7 +1250,7 @@ class Qcow2Driver(BlockDriver):
         cs = self.cluster_size
         pos = start & ~(cs - 1)
         while pos < end:
-            async with self._lock:
+            async with self._locked(pos, end - pos):
                 l1_idx, l2_idx = self._split(pos)
                 await self._writable_l2(l1_idx)
                 n = min(-(-(end - pos) // cs), self.slice_entries - l2_idx % self.slice_entries)
@@ -1233,7 +1284,6 @@ class Qcow2Driver(BlockDriver):
                     # Clusters of the run that were already allocated stay unused.
                     unused = [k for k in range(i0, len(old)) if new[k] == old[k]]
                     if unused:
-                        await self._barrier()
                         for k in unused:
                             await self._free(host + (k - i0) * cs, cs, DISCARD_OTHER)
                 pos += n * cs
@@ -1320,7 +1370,7 @@ class Qcow2Driver(BlockDriver):
         """Consistency check like ``qemu-img check`` (repair None, "leaks", "all")."""
         from .check import check_image
 
-        async with self._lock:
+        async with self._locked():
             if not self.read_only:
                 await self._process_frees()
                 await self._release_pool()
