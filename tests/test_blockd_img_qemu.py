@@ -604,3 +604,28 @@ def test_console_script_uses_its_own_name(tmp_path: Path) -> None:
     )
     q = subprocess.run([exe, "create", "-q", "x.raw", "1M"], capture_output=True, cwd=tmp_path)
     assert q.returncode == 0 and (tmp_path / "x.raw").stat().st_size == 1 << 20
+
+
+def test_metadata_preallocated_images(twin: Twin) -> None:
+    """preallocation=metadata: data clusters that are holes on the host read as
+    zeros (QEMU's metadata-preallocation detection and BDRV_BLOCK_RECURSE)."""
+    for d in (twin.q, twin.b):
+        subprocess.run(
+            [twin.qemu_img, "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata"]
+            + ["pm.qcow2", "4M"],
+            cwd=d,
+            check=True,
+        )
+        _qemu_io(d, "qcow2", "pm.qcow2", "write -P 1 64k 64k")
+    for line in (
+        "map pm.qcow2",
+        "map --output=json pm.qcow2",
+        "convert -p -O qcow2 pm.qcow2 c.qcow2",
+        "convert -p -O raw pm.qcow2 c.raw",
+        "compare -s pm.qcow2 c.qcow2",
+        "compare pm.qcow2 c.raw",
+        "info --output=json pm.qcow2",
+        "check pm.qcow2",
+    ):
+        twin.same(line.split(" "))
+    twin.verify("c.qcow2")

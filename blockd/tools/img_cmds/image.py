@@ -9,6 +9,7 @@ backing chain is consulted, and the exact flag word.  That logic lives here.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 
 from blockd.drivers.base import BlockDriver, BlockStatusFlag
@@ -165,6 +166,43 @@ class LayerStatus:
     file: BlockDriver | None
 
 
+# Per open node; weak so that a closed node's answer cannot outlive it.
+_PREALLOC_CACHE: weakref.WeakKeyDictionary[BlockDriver, bool] = weakref.WeakKeyDictionary()
+
+
+async def metadata_preallocated(node: BlockDriver) -> bool:
+    """qcow2_detect_metadata_preallocation(): far more clusters are referenced than
+    the host file really occupies, so data clusters may be holes on the host.
+
+    QEMU then asks the file about each data cluster (BDRV_BLOCK_RECURSE) and
+    reports holes as zeros.  Uses the driver's own answer when it has one, else its
+    refcounts (``rc.get(cluster)``); formats without refcounts never qualify.
+    """
+    cached = _PREALLOC_CACHE.get(node)
+    if cached is not None:
+        return cached
+    result = False
+    own = getattr(node, "metadata_preallocation", None)
+    rc = getattr(node, "rc", None)
+    cs = int(getattr(node, "cluster_size", 0) or 0)
+    if isinstance(own, bool):
+        result = own
+    elif rc is not None and cs and node.file is not None:
+        real = allocated_file_size(node)
+        if real is not None:
+            real_clusters = real // cs
+            threshold = max(real_clusters * 10 // 9, real_clusters + 2)
+            end = -(-node.file.get_length() // cs)
+            count = 0
+            for i in range(end):
+                if count >= threshold:
+                    break
+                count += 1 if await rc.get(i) else 0
+            result = count >= threshold
+    _PREALLOC_CACHE[node] = result
+    return result
+
+
 async def layer_status(node: BlockDriver, offset: int, length: int) -> LayerStatus:
     """Status of ``node`` alone at ``offset``, with the bits QEMU's generic code adds."""
     size = image_length(node)
@@ -196,6 +234,21 @@ async def layer_status(node: BlockDriver, offset: int, length: int) -> LayerStat
         flags |= BDRV_OFFSET_VALID
         host = st.offset
         fnode = file_node(node)
+    if (
+        flags & BDRV_DATA
+        and not flags & BDRV_ZERO
+        and host is not None
+        and fnode is not None
+        and fnode is not node
+        and await metadata_preallocated(node)
+    ):
+        # BDRV_BLOCK_RECURSE: what the host file says about the data cluster.
+        fst = await layer_status(fnode, host, pnum)
+        if fst.flags & BDRV_EOF and (fst.pnum == 0 or fst.flags & BDRV_ZERO):
+            flags |= BDRV_ZERO  # beyond the end of the file reads as zeros
+        else:
+            pnum = fst.pnum
+            flags |= fst.flags & BDRV_ZERO
     if offset + pnum >= size:
         flags |= BDRV_EOF
     return LayerStatus(flags, pnum, host, fnode)
