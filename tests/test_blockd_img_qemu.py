@@ -610,12 +610,8 @@ def test_metadata_preallocated_images(twin: Twin) -> None:
     """preallocation=metadata: data clusters that are holes on the host read as
     zeros (QEMU's metadata-preallocation detection and BDRV_BLOCK_RECURSE)."""
     for d in (twin.q, twin.b):
-        subprocess.run(
-            [twin.qemu_img, "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata"]
-            + ["pm.qcow2", "4M"],
-            cwd=d,
-            check=True,
-        )
+        create = "create -q -f qcow2 -o preallocation=metadata pm.qcow2 4M"
+        subprocess.run([twin.qemu_img, *create.split(" ")], cwd=d, check=True)
         _qemu_io(d, "qcow2", "pm.qcow2", "write -P 1 64k 64k")
     for line in (
         "map pm.qcow2",
