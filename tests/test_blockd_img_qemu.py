@@ -118,6 +118,13 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=d,
         capture_output=True,
     )
+    shutil.copyfile(d / "base.qcow2", d / "flagged.qcow2")
+    with open(d / "flagged.qcow2", "r+b") as f:
+        # The "corrupt" incompatible feature bit, as QEMU sets it on a detected error.
+        f.seek(72)
+        (features,) = struct.unpack(">Q", f.read(8))
+        f.seek(72)
+        f.write(struct.pack(">Q", features | 2))
     shutil.copyfile(d / "empty.qcow2", d / "corrupt.qcow2")
     _qemu_io(d, "qcow2", "corrupt.qcow2", "write -P 7 0 64k")
     with open(d / "corrupt.qcow2", "r+b") as f:
@@ -307,6 +314,13 @@ CHECK = {
         "check --output=json corrupt.qcow2",
     ),
     "snapshots": _case("check snap.qcow2", "check -r all snap.qcow2", "info snap.qcow2"),
+    "corrupt-bit": _case(
+        "info flagged.qcow2",
+        "check flagged.qcow2",
+        "resize flagged.qcow2 +1M",
+        "check -r all flagged.qcow2",
+        "info --output=json flagged.qcow2",
+    ),
     "dirty": _case(
         "info dirty.qcow2",
         "check dirty.qcow2",
@@ -493,6 +507,7 @@ def test_check(twin: Twin, name: str) -> None:
         "repair-json": ["leak.qcow2"],
         "corrupt": ["corrupt.qcow2"],
         "dirty": ["dirty.qcow2"],
+        "corrupt-bit": ["flagged.qcow2"],
     }
     _run_case(twin, CHECK[name], files.get(name, []))
 

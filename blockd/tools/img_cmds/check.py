@@ -123,14 +123,17 @@ async def _open(
 
     A read-write open (``-r``) must not repair a dirty image by itself, or the
     check would find nothing (QEMU's BDRV_O_CHECK).  The qcow2 driver's check
-    mode does that but also skips the snapshot table, which would make snapshot
-    clusters look leaked; so it is used only for dirty images without snapshots.
+    mode does that (and lets a corrupt image be opened for repair) but also skips
+    the snapshot table, which would make snapshot clusters look leaked; so it is
+    used only for dirty or corrupt images without snapshots.
     """
     if repair is None:
         return await open_for_tool(con, filename, fmt, force_share=force_share, cache_direct=direct)
     probe = await open_for_tool(con, filename, fmt, force_share=force_share)
     try:
-        check_mode = bool(getattr(probe, "dirty", False)) and not getattr(probe, "snapshots", None)
+        # A corrupt image opens read-write only in check mode (to be repaired).
+        broken = bool(getattr(probe, "dirty", False) or getattr(probe, "corrupt", False))
+        check_mode = broken and not getattr(probe, "snapshots", None)
     finally:
         await close_quietly(probe)
     return await open_for_tool(
