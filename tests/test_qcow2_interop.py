@@ -428,3 +428,69 @@ async def test_concurrent_writes_sharing_clusters(
     raw = tmp_path / "e.raw"
     raw.write_bytes(expect)
     run(qemu_img, "compare", "-f", "qcow2", "-F", "raw", str(img), str(raw))
+
+
+ZERO_SCRIPT = [
+    ("w", 0, MiB),
+    ("z", 0, 256 * 1024, False),
+    ("z", 512 * 1024, 1000, False),
+    ("z", 2 * MiB, 65536, False),
+    ("z", 2200000, 1000, False),
+    ("z", 3000000, 200000, False),
+    ("z", 700000, 200000, True),
+    ("d", 300000, 200000),
+    ("w", 3500000, 5000),
+    ("z", 3500000 + 5000, 1000, False),
+    ("c", 3 * MiB + 65536 * 2, 65536),
+]
+
+
+@pytest.mark.parametrize("compat", ["1.1", "0.10"])
+@pytest.mark.parametrize("backing", [False, True])
+async def test_zero_and_discard_map_like_qemu(
+    tmp_path: Path, qemu_img: str, qemu_io: str, compat: str, backing: bool
+) -> None:
+    """write_zeroes/discard leave the same allocation map as QEMU's."""
+    size = 4 * MiB
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\x01" * (size // 2) + bytes(size // 2))
+    ref, mine = tmp_path / "ref.qcow2", tmp_path / "mine.qcow2"
+    opts = f"compat={compat}"
+    if backing:
+        opts += ",backing_file=base.raw,backing_fmt=raw"
+    run(qemu_img, "create", "-f", "qcow2", "-o", opts, str(ref), str(size))
+    run(qemu_img, "create", "-f", "qcow2", "-o", opts, str(mine), str(size))
+    cmds = []
+    for op in ZERO_SCRIPT:
+        if op[0] == "w":
+            cmds.append(f"write -P 5 {op[1]} {op[2]}")
+        elif op[0] == "z":
+            cmds.append(f"write -z {'-u ' if op[3] else ''}{op[1]} {op[2]}")
+        elif op[0] == "d":
+            cmds.append(f"discard {op[1]} {op[2]}")
+        else:
+            cmds.append(f"write -c -P 6 {op[1]} {op[2]}")
+    qio(qemu_io, ref, *cmds)
+    drv = await open_rw(mine)
+    try:
+        for op in ZERO_SCRIPT:
+            if op[0] == "w":
+                await drv.write(op[1], b"\x05" * op[2])
+            elif op[0] == "z":
+                await drv.write_zeroes(op[1], op[2], may_unmap=bool(op[3]))
+            elif op[0] == "d":
+                await drv.discard(op[1], op[2])
+            else:
+                await drv.write(op[1], b"\x06" * op[2], compressed=True)
+    finally:
+        await close(drv)
+    assert_clean(qemu_img, mine)
+    run(qemu_img, "compare", str(ref), str(mine))
+
+    def amap(p: Path) -> list[dict[str, object]]:
+        out = json.loads(run(qemu_img, "map", "--output=json", str(p)).stdout)
+        for e in out:
+            e.pop("offset", None)
+        return out
+
+    assert amap(mine) == amap(ref)

@@ -74,6 +74,24 @@ DISCARD_ALWAYS = "always"
 OVERLAP_TEMPLATES = ("none", "constant", "cached", "all")
 
 
+async def _chain_is_zero(node: BlockDriver | None, offset: int, length: int) -> bool:
+    """Whether a backing chain reads as zeros over the range (block status)."""
+    pos, end = offset, offset + length
+    while node is not None and pos < end:
+        if pos >= node.get_length():
+            return True
+        st = await node.block_status(pos, min(end, node.get_length()) - pos)
+        if st.length <= 0:
+            return False
+        if not st.flags & BlockStatusFlag.ZERO:
+            if st.flags & BlockStatusFlag.ALLOCATED or node.backing is None:
+                return False
+            if not await _chain_is_zero(node.backing, pos, st.length):
+                return False
+        pos += st.length
+    return True
+
+
 def _hx(value: int) -> str:
     """C's %#x: no 0x prefix for zero."""
     return f"{value:#x}" if value else "0"
@@ -1003,21 +1021,79 @@ class Qcow2Driver(BlockDriver):
     # --- zeroes / discard ------------------------------------------------------
 
     async def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
+        """Zero a range as QEMU 7.2 does: the generic layer splits it at cluster
+        boundaries; aligned clusters get the zero flag (v3) or are discarded (v2
+        without backing); a partial cluster is zeroed as a whole when the rest of
+        it already reads as zeros, otherwise zero bytes are written."""
         self._check_writable()
         if length <= 0:
             return
+        if offset < 0 or offset + length > self.size:
+            raise _eio()
         cs = self.cluster_size
-        end = min(offset + length, self.size) if offset < self.size else offset + length
-        a = -(-offset // cs) * cs
-        b = end if end == self.size else end & ~(cs - 1)
-        if self.header.version < 3 or a >= b:
-            await self._write_zero_bytes(offset, end - offset)
-            return
-        if offset < a:
-            await self._write_zero_bytes(offset, a - offset)
-        await self._zeroize(a, b - a, may_unmap)
-        if b < end:
-            await self._write_zero_bytes(b, end - b)
+        end = offset + length
+        pos = offset
+        while pos < end:
+            cstart = pos & ~(cs - 1)
+            cend = min(cstart + cs, self.size)
+            if pos == cstart and end >= cend:
+                # Whole clusters (the last one may end at the image end).
+                stop = end if end == self.size else end & ~(cs - 1)
+                if not await self._zeroize_clusters(pos, stop - pos, may_unmap):
+                    await self._write_zero_bytes(pos, stop - pos)
+                pos = stop
+                continue
+            piece_end = min(end, cend)
+            if not await self._zero_partial(cstart, cend, pos, piece_end, may_unmap):
+                await self._write_zero_bytes(pos, piece_end - pos)
+            pos = piece_end
+
+    async def _zeroize_clusters(self, offset: int, length: int, may_unmap: bool) -> bool:
+        """qcow2_subcluster_zeroize(); False where QEMU returns -ENOTSUP."""
+        if self.header.version >= 3:
+            await self._zeroize(offset, length, may_unmap)
+            return True
+        if self.backing is None:
+            # v2 has no zero flag; without a backing file unallocated reads as zero.
+            await self._discard_clusters(offset, offset + length)
+            return True
+        return False
+
+    async def _zero_partial(
+        self, cstart: int, cend: int, start: int, end: int, may_unmap: bool
+    ) -> bool:
+        """Zero [start, end) inside one cluster by zeroing the whole cluster when
+        the rest already reads as zeros and the cluster holds no data."""
+        if not (
+            await self._is_zero(cstart, start - cstart) and await self._is_zero(end, cend - end)
+        ):
+            return False
+        async with self._locked(cstart, cend - cstart):
+            (entry,), _ = await self._entries(cstart, 1)
+            if cluster_type(entry) not in (
+                ClusterType.UNALLOCATED,
+                ClusterType.ZERO_PLAIN,
+                ClusterType.ZERO_ALLOC,
+            ):
+                return False
+        return await self._zeroize_clusters(cstart, cend - cstart, may_unmap)
+
+    async def _is_zero(self, offset: int, length: int) -> bool:
+        """Whether the range reads as zeros according to block status (the whole
+        chain), like bdrv_co_is_zero_fast()."""
+        pos, end = offset, offset + length
+        while pos < end:
+            st = await self.block_status(pos, end - pos)
+            if st.length <= 0:
+                return False
+            if not st.flags & BlockStatusFlag.ZERO:
+                if st.flags & BlockStatusFlag.ALLOCATED or self.backing is None:
+                    return False
+                node: BlockDriver | None = self.backing
+                if not await _chain_is_zero(node, pos, st.length):
+                    return False
+            pos += st.length
+        return True
 
     async def _write_zero_bytes(self, offset: int, length: int) -> None:
         chunk = 1 << 22
@@ -1070,6 +1146,15 @@ class Qcow2Driver(BlockDriver):
         end = min(offset + length, self.size)
         a = -(-offset // cs) * cs
         b = end if end == self.size else end & ~(cs - 1)
+        if self.header.version < 3 and self.backing is not None:
+            # Without the zero flag a discard would expose the backing file:
+            # QEMU refuses (ENOTSUP, which the block layer ignores).
+            return
+        await self._discard_clusters(a, b)
+
+    async def _discard_clusters(self, a: int, b: int) -> None:
+        """qcow2_cluster_discard(full_discard=false) on whole clusters [a, b)."""
+        cs = self.cluster_size
         pos = a
         while pos < b:
             async with self._locked(pos, b - pos):
