@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import struct
 from pathlib import Path
 
 import pytest
@@ -385,6 +386,10 @@ async def test_bitmaps_recognised(tmp_path: Path, qemu_img: str, qemu_io: str) -
         res = await drv.check()
         assert (res.leaks, res.corruptions, res.messages) == (0, 0, [])
         assert await drv.read(1 * MiB, 4096) == b"\x07" * 4096
+        info = drv.format_specific_info()
+        assert info is not None
+        qinfo = json.loads(run(qemu_img, "info", "-U", "--output=json", str(img)).stdout)
+        assert info["bitmaps"] == qinfo["format-specific"]["data"]["bitmaps"]
     finally:
         await close(drv)
     # Untouched read-only: QEMU still sees valid bitmaps.
@@ -494,3 +499,45 @@ async def test_zero_and_discard_map_like_qemu(
         return out
 
     assert amap(mine) == amap(ref)
+
+
+async def test_unknown_extension_preserved(tmp_path: Path, qemu_img: str) -> None:
+    """A header extension blockd does not know survives a header rewrite."""
+    img = tmp_path / "u.qcow2"
+    run(qemu_img, "create", "-f", "qcow2", str(img), "1M")
+    data = bytearray(img.read_bytes())
+    end = data.index(b"raw external data") + 46  # end of the feature table
+    ext = struct.pack(">II", 0x12345678, 5) + b"hello" + bytes(3)
+    data[end : end + 8 + len(ext)] = ext + bytes(8)
+    img.write_bytes(bytes(data))
+    run(qemu_img, "check", str(img))
+    drv = await open_rw(img)
+    try:
+        await drv.change_backing_file("b.raw", "raw")
+    finally:
+        await close(drv)
+    out = img.read_bytes()[:65536]
+    assert struct.pack(">II", 0x12345678, 5) + b"hello" in out
+    info = json.loads(run(qemu_img, "info", "--output=json", "-U", str(img)).stdout)
+    assert info["backing-filename"] == "b.raw"
+
+
+@pytest.mark.parametrize("passthrough", [True, False])
+async def test_pass_discard_request(tmp_path: Path, qemu_img: str, passthrough: bool) -> None:
+    img = tmp_path / "pd.qcow2"
+    await create(img, 16 * MiB)
+    drv = await open_rw(img, options={"pass-discard-request": passthrough})
+    try:
+        await drv.write(0, os.urandom(8 * MiB))
+        await drv.flush()
+        before = os.stat(img).st_blocks
+        await drv.discard(0, 8 * MiB)
+        await drv.flush()
+        after = os.stat(img).st_blocks
+    finally:
+        await close(drv)
+    if passthrough:
+        assert after < before - (7 * MiB) // 512
+    else:
+        assert after == before
+    assert_clean(qemu_img, img)

@@ -163,6 +163,7 @@ class Qcow2Driver(BlockDriver):
         # Allocating writes between their two halves (see _alloc_prepare).
         self._allocs: list[_AllocPlan] = []
         self._opened = False
+        self.bitmaps: list[dict[str, Any]] = []
         # Hook for the graph engine (BLOCK_IMAGE_CORRUPTED): (message, fatal).
         self.on_corruption: Callable[[str, bool], None] | None = None
 
@@ -354,6 +355,7 @@ class Qcow2Driver(BlockDriver):
                 if not check_mode:
                     raise
 
+        self.bitmaps = await self._read_bitmap_directory()
         update = False
         if hdr.autoclear_features & ~H.AUTOCLEAR_MASK and not self.read_only:
             hdr.autoclear_features &= H.AUTOCLEAR_MASK
@@ -378,6 +380,33 @@ class Qcow2Driver(BlockDriver):
             self._clean_task = asyncio.get_running_loop().create_task(
                 self._cache_cleaner(self.cache_config.cache_clean_interval)
             )
+
+    async def _read_bitmap_directory(self) -> list[dict[str, Any]]:
+        """Persistent dirty bitmaps as ImageInfoSpecificQCow2 lists them."""
+        hdr = self.header
+        ext = hdr.bitmaps_ext
+        if ext is None or not hdr.autoclear_features & H.AUTOCLEAR_BITMAPS or len(ext) < 24:
+            return []
+        nb, _res, dir_size, dir_off = struct.unpack_from(">IIQQ", ext)
+        if dir_size > (64 << 20):
+            return []
+        raw = await self._pread(dir_off, dir_size)
+        out: list[dict[str, Any]] = []
+        pos = 0
+        for _ in range(nb):
+            if pos + 24 > len(raw):
+                break
+            _t, _ts, flags, _type, gran, name_len, extra = struct.unpack_from(">QIIBBHI", raw, pos)
+            name_at = pos + 24 + extra
+            name = raw[name_at : name_at + name_len].decode("utf-8", "replace")
+            names = []
+            if flags & 1:
+                names.append("in-use")
+            if flags & 2:
+                names.append("auto")
+            out.append({"flags": names, "name": name, "granularity": 1 << gran})
+            pos = (name_at + name_len + 7) & ~7
+        return out
 
     def _validate_table(
         self, offset: int, entries: int, entry_len: int, max_bytes: int, name: str
@@ -440,7 +469,14 @@ class Qcow2Driver(BlockDriver):
         """Apply changed runtime options (cache sizes, discard, lazy refcounts)."""
         async with self._locked():
             old = self.cache_config
-            self._apply_options(options, flags)
+            saved = (self.use_lazy_refcounts, dict(self.discard_passthrough))
+            try:
+                self._apply_options(options, flags)
+            except GenericError:
+                # A refused reopen changes nothing.
+                self.cache_config = old
+                self.use_lazy_refcounts, self.discard_passthrough = saved
+                raise
             cfg = self.cache_config
             assert cfg is not None
             if old != cfg:
@@ -1422,6 +1458,8 @@ class Qcow2Driver(BlockDriver):
         if h.version >= 3:
             info["corrupt"] = bool(h.incompatible_features & H.INCOMPAT_CORRUPT)
             info["extended-l2"] = bool(h.incompatible_features & H.INCOMPAT_EXTL2)
+        if self.bitmaps:
+            info["bitmaps"] = [dict(b) for b in self.bitmaps]
         return info
 
     # --- backing file ----------------------------------------------------------
