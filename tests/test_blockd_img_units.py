@@ -10,13 +10,12 @@ import io
 
 import pytest
 
-from blockd.tools.img_cmds.common import Console, ImgExit
+from blockd.tools.img_cmds.common import Console, ImgExit, OptionError
 from blockd.tools.img_cmds.compare import compare_buffers, find_nonzero
 from blockd.tools.img_cmds.convert import is_allocated_sectors, is_allocated_sectors_min
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
 from blockd.tools.img_cmds.opts import (
     QCOW2_CREATE_OPTS,
-    OptionError,
     QemuOpts,
     has_help_option,
     is_valid_option_list,

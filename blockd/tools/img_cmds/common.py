@@ -27,6 +27,15 @@ class ImgExit(Exception):
         self.code = code
 
 
+class OptionError(Exception):
+    """An option QEMU rejects; ``hint`` is printed verbatim after the message."""
+
+    def __init__(self, msg: str, hint: str = "") -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.hint = hint
+
+
 @dataclass
 class Console:
     """Where a run prints, and under which program name it reports errors."""

@@ -7,8 +7,6 @@ sector granularity, as QEMU does.
 
 from __future__ import annotations
 
-import struct
-
 from blockd.drivers.base import BlockDriver
 from blockd.qmp.errors import GenericError
 from blockd.tools.img_cmds.common import Console, ImgExit, parse_cache
@@ -22,7 +20,7 @@ from blockd.tools.img_cmds.image import (
     read_padded,
     status_above,
 )
-from blockd.tools.img_cmds.progress import Progress
+from blockd.tools.img_cmds.progress import Progress, f32
 from blockd.tools.img_cmds.usage import show_help
 
 IO_BUF_SIZE = 2 << 20
@@ -35,13 +33,9 @@ LONGOPTS = [
 ]
 
 
-def _f32(x: float) -> float:
-    return float(struct.unpack("f", struct.pack("f", x))[0])
-
-
 def progress_delta(chunk: int, base: int) -> float:
     """``((float) chunk / base) * 100`` in single precision."""
-    return _f32(_f32(_f32(chunk) / _f32(base)) * 100)
+    return f32(f32(f32(chunk) / f32(base)) * 100)
 
 
 def find_nonzero(buf: bytes) -> int:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from blockd.drivers.base import BlockDriver, driver_class
 from blockd.qmp.errors import GenericError
-from blockd.tools.img_cmds.common import Console, ImgExit, parse_cache
-from blockd.tools.img_cmds.create import CreateError, _create_qcow2, _create_raw, cvtnum
+from blockd.tools.img_cmds.common import Console, ImgExit, OptionError, parse_cache
+from blockd.tools.img_cmds.create import CreateError, create_qcow2_image, create_raw_image, cvtnum
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
 from blockd.tools.img_cmds.image import (
     BDRV_DATA,
@@ -29,7 +29,6 @@ from blockd.tools.img_cmds.image import (
 )
 from blockd.tools.img_cmds.opts import (
     CREATE_OPTS,
-    OptionError,
     QemuOpts,
     accumulate,
     format_help,
@@ -460,9 +459,9 @@ async def _prepare_target(
     if not a.skip_create:
         try:
             if a.out_fmt == "qcow2":
-                await _create_qcow2(out_filename, total * SECTOR, opts)
+                await create_qcow2_image(out_filename, total * SECTOR, opts)
             else:
-                await _create_raw(out_filename, total * SECTOR, opts)
+                await create_raw_image(out_filename, total * SECTOR, opts)
         except CreateError as e:
             con.error_report(f"{out_filename}: error while converting {a.out_fmt}: {e.msg}")
             con.error_print(e.hint)

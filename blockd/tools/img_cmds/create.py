@@ -8,12 +8,11 @@ import os
 from blockd.drivers.base import BlockDriver, OpenFlags, driver_class
 from blockd.drivers.locking import BLK_PERM_ALL, BLK_PERM_RESIZE, BLK_PERM_WRITE
 from blockd.qmp.errors import GenericError
-from blockd.tools.img_cmds.common import Console, ImgExit
+from blockd.tools.img_cmds.common import Console, ImgExit, OptionError
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
-from blockd.tools.img_cmds.image import KNOWN_FORMATS, image_length
+from blockd.tools.img_cmds.image import image_length
 from blockd.tools.img_cmds.opts import (
     CREATE_OPTS,
-    OptionError,
     QemuOpts,
     accumulate,
     format_help,
@@ -160,9 +159,9 @@ async def img_create(
     con.qprint(quiet, f"Formatting '{filename}', fmt={fmt} {opts.print_line()}\n")
     con.out.flush()
     if fmt == "qcow2":
-        await _create_qcow2(filename, size, opts)
+        await create_qcow2_image(filename, size, opts)
     else:
-        await _create_raw(filename, size, opts)
+        await create_raw_image(filename, size, opts)
 
 
 async def _size_from_backing(
@@ -221,7 +220,7 @@ async def _create_protocol(filename: str) -> BlockDriver:
     return node
 
 
-async def _create_raw(filename: str, size: int, opts: QemuOpts) -> None:
+async def create_raw_image(filename: str, size: int, opts: QemuOpts) -> None:
     prealloc = opts.get_str("preallocation") or "off"
     if prealloc not in ("off", "metadata", "falloc", "full"):
         raise CreateError(f"invalid parameter value: {prealloc}")
@@ -238,7 +237,7 @@ async def _create_raw(filename: str, size: int, opts: QemuOpts) -> None:
         await node.close()
 
 
-async def _create_qcow2(filename: str, size: int, opts: QemuOpts) -> None:
+async def create_qcow2_image(filename: str, size: int, opts: QemuOpts) -> None:
     node = await _create_protocol(filename)
     try:
         await _format_qcow2(node, size, opts)
@@ -284,4 +283,4 @@ async def _format_qcow2(node: BlockDriver, size: int, opts: QemuOpts) -> None:
         raise CreateError(e.desc) from None
 
 
-__all__ = ["KNOWN_FORMATS", "CreateError", "cvtnum", "img_create", "run"]
+__all__ = ["CreateError", "create_qcow2_image", "create_raw_image", "cvtnum", "img_create", "run"]

@@ -23,8 +23,6 @@ BDRV_OFFSET_VALID = 0x04
 BDRV_ALLOCATED = 0x10
 BDRV_EOF = 0x20
 
-KNOWN_FORMATS = ("qcow2", "raw")
-
 
 def report_open_error(con: Console, filename: str, err: GenericError) -> None:
     """``Could not open '<name>': <driver text>`` plus the error's hint, if any."""

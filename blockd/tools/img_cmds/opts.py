@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from blockd.tools.img_cmds.common import OptionError
+from blockd.tools.img_cmds.sizes import SizeError, option_size, strtou64
+
 # Values QEMU's qapi_bool_parse() accepts.
 _TRUE = ("on", "yes", "true", "y")
 _FALSE = ("off", "no", "false", "n")
@@ -21,15 +24,6 @@ class OptType(Enum):
     BOOL = "bool (on/off)"
     NUMBER = "num"
     SIZE = "size"
-
-
-class OptionError(Exception):
-    """An option QEMU rejects; ``hint`` is printed verbatim after the message."""
-
-    def __init__(self, msg: str, hint: str = "") -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -125,8 +119,6 @@ class QemuOpts:
 
 
 def _validated(d: OptDesc, text: str) -> Opt:
-    from blockd.tools.img_cmds.sizes import option_size
-
     if d.type is OptType.BOOL:
         if text in _TRUE:
             return Opt(d.name, text, True)
@@ -141,11 +133,9 @@ def _validated(d: OptDesc, text: str) -> Opt:
 
 
 def _option_number(name: str, text: str) -> int:
-    # qemu_strtou64(value, NULL, 0): C integer syntax in any base, whole string.
-    from blockd.tools.img_cmds.sizes import SizeError, _strtou64
-
+    # qemustrtou64(value, NULL, 0): C integer syntax in any base, whole string.
     try:
-        num = _strtou64(text, 0, 0)
+        num = strtou64(text, 0, 0)
         if num.end != len(text):
             raise SizeError(-22)
         return num.value

@@ -11,7 +11,8 @@ import struct
 from blockd.tools.img_cmds.common import Console
 
 
-def _f32(x: float) -> float:
+def f32(x: float) -> float:
+    """Round to single precision, as C float arithmetic does."""
     return float(struct.unpack("f", struct.pack("f", x))[0])
 
 
@@ -21,9 +22,9 @@ class Progress:
     def __init__(self, con: Console, enabled: bool, min_skip: float) -> None:
         self.con = con
         self.enabled = enabled
-        self.min_skip = _f32(min_skip)
-        self.current = _f32(0.0)
-        self.last_print = _f32(0.0)
+        self.min_skip = f32(min_skip)
+        self.current = f32(0.0)
+        self.last_print = f32(0.0)
 
     def _show(self) -> None:
         if self.enabled:
@@ -33,13 +34,13 @@ class Progress:
     def print(self, delta: float, maximum: int) -> None:
         """Advance by ``delta`` percent scaled by ``maximum`` percent; maximum 0 sets
         the absolute value ``delta``."""
-        delta = _f32(delta)
+        delta = f32(delta)
         if maximum == 0:
             current = delta
         else:
-            current = _f32(self.current + _f32(_f32(delta / 100) * maximum))
+            current = f32(self.current + f32(f32(delta / 100) * maximum))
         # Rounding (and callers that overshoot) never show more than 100%.
-        current = min(current, _f32(100.0))
+        current = min(current, f32(100.0))
         self.current = current
         if (
             current == 0

@@ -19,7 +19,7 @@ from blockd.tools.img_cmds.image import (
     open_for_tool,
     read_padded,
 )
-from blockd.tools.img_cmds.progress import Progress, _f32
+from blockd.tools.img_cmds.progress import Progress, f32
 from blockd.tools.img_cmds.usage import show_help
 
 IO_BUF_SIZE = 2 << 20
@@ -161,7 +161,7 @@ async def _copy_differences(
     size = image_length(bs)
     old_size = image_length(old_backing) if old_backing is not None else 0
     new_size = image_length(new_backing) if new_backing is not None else 0
-    local_progress = _f32(100.0 / (size // min(size, IO_BUF_SIZE))) if size else 0.0
+    local_progress = f32(100.0 / (size // min(size, IO_BUF_SIZE))) if size else 0.0
     offset = 0
     while offset < size:
         n = min(IO_BUF_SIZE, size - offset)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from blockd.qmp.errors import GenericError
-from blockd.tools.img_cmds.common import Console, ImgExit
+from blockd.tools.img_cmds.common import Console, ImgExit, OptionError
 from blockd.tools.img_cmds.getopt import LongOpt, getopt
 from blockd.tools.img_cmds.image import close_quietly, image_length, open_for_tool
-from blockd.tools.img_cmds.opts import OptionError
 from blockd.tools.img_cmds.sizes import option_size
 from blockd.tools.img_cmds.usage import show_help
 

@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from blockd.tools.img_cmds.common import OptionError
+
 _SPACE = " \t\n\v\f\r"
 _DEC = re.compile(r"[+-]?[0-9]+")
 _HEX = re.compile(r"[+-]?(?:0[xX](?=[0-9a-fA-F]))?[0-9a-fA-F]+")
@@ -43,7 +45,7 @@ class _Num:
     end: int
 
 
-def _strtou64(text: str, start: int, base: int) -> _Num:
+def strtou64(text: str, start: int, base: int) -> _Num:
     """glibc strtoull + QEMU's qemu_strtou64 error mapping."""
     pos = start
     while pos < len(text) and text[pos] in _SPACE:
@@ -70,14 +72,14 @@ def _suffix_mul(ch: str, unit: int = 1024) -> int:
 
 def strtosz(text: str, warn: Callable[[str], None] | None = None) -> int:
     """Parse ``text`` entirely as qemu_strtosz() does; raise SizeError otherwise."""
-    num = _strtou64(text, 0, 10)
+    num = strtou64(text, 0, 10)
     val, end = num.value, num.end
     if "-" in text[:end]:
         raise SizeError(-errno.EINVAL)
     hexa = False
     frac = 0
     if val == 0 and text[end : end + 1] in ("x", "X"):
-        num = _strtou64(text, 0, 16)
+        num = strtou64(text, 0, 16)
         val, end = num.value, num.end
         if text[end : end + 1] == ".":
             raise SizeError(-errno.EINVAL)
@@ -132,8 +134,6 @@ SIZE_HINT = (
 
 def option_size(name: str, value: str, warn: Callable[[str], None] | None = None) -> int:
     """A QemuOpts size parameter; raise OptionError with QEMU's text (and hint)."""
-    from blockd.tools.img_cmds.opts import OptionError
-
     try:
         return strtosz(value, warn)
     except SizeError as e:
