@@ -188,8 +188,10 @@ _TOKEN = re.compile(
   | ([{}\[\]:,])                                                    # 2 structural
   | ("(?:[\x20\x21\x23-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+")          # 3 "string"
   | ('(?:[\x20-\x26\x28-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+')         # 4 'string'
-  | (-?(?:0|[1-9][0-9]*+)(\.[0-9]++)?([eE][-+]?[0-9]++)?)(?![0-9.eE])(?=[\x00-\xff])  # 5
-  | ([a-z]++)(?=[^a-z])                                             # 8 keyword
+  | (-?(?:0(?:\.[0-9]++(?:[eE][-+]?[0-9]++)?)?                     # 5 number (IN_ZERO
+        |[1-9][0-9]*+(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?))            #   has no exponent)
+    (?![0-9.eE])(?=[\x00-\xff])
+  | ([a-z]++)(?=[^a-z])                                             # 6 keyword
     """,
     re.X,
 )
@@ -201,7 +203,8 @@ _INNER_RUN = re.compile(
         [ \t\r\n:,]++
       | "(?:[\x20\x21\x23-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+"
       | '(?:[\x20-\x26\x28-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+'
-      | -?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?(?![0-9.eE])(?=[\x00-\xff])
+      | -?(?:0(?:\.[0-9]++(?:[eE][-+]?[0-9]++)?)?
+            |[1-9][0-9]*+(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?)(?![0-9.eE])(?=[\x00-\xff])
       | [a-z]++(?=[^a-z])
     )++""",
     re.X,
@@ -210,7 +213,8 @@ _INNER_TOKENS = re.compile(
     rb"""[:,]
       | "(?:[\x20\x21\x23-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+"
       | '(?:[\x20-\x26\x28-\x5b\x5d-\xfd]++|\\[\x20-\xfd])*+'
-      | -?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?
+      | -?(?:0(?:\.[0-9]++(?:[eE][-+]?[0-9]++)?)?
+            |[1-9][0-9]*+(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?)
       | [a-z]++""",
     re.X,
 )
@@ -254,7 +258,8 @@ _STRUCT = frozenset(b"{}[]:,")
 # * strings: printable ASCII (incl. DEL), escapes \" \\ \/ \b \f \n \r \t, and
 #   \uXXXX for BMP code points QEMU accepts (no surrogates, no noncharacters);
 # * integers of at most 18 digits (always int64 in QEMU), any float syntax
-#   (both sides use a correctly rounded strtod);
+#   except an exponent right after a lone 0 (QEMU lexes "0e5" as 0, e, 5) --
+#   both sides use a correctly rounded strtod;
 # * true, false, null.
 _SUBSET = re.compile(
     r"""(?:
@@ -263,7 +268,8 @@ _SUBSET = re.compile(
             |\\["\\/bfnrt]
             |\\u(?![dD][89a-fA-F]|[fF][dD][dDeE]|[fF][fF][fF][eEfF])[0-9a-fA-F]{4}
          )*+"
-      | -?(?:0|[1-9][0-9]{0,17})(?![0-9])(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?(?![0-9.eE])
+      | -?(?:0(?:\.[0-9]++(?:[eE][-+]?[0-9]++)?)?
+          |[1-9][0-9]{0,17}(?![0-9])(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?)(?![0-9.eE])
       | true | false | null
     )*+""",
     re.X,
@@ -425,11 +431,10 @@ class _TokenQueue:
                 self._peek = (_STRUCT_TYPE[text[0]], text)
             elif idx in (3, 4):
                 self._peek = (_STRING, text)
-            elif idx == 8:
+            elif idx == 6:
                 self._peek = (_KEYWORD, text)
             else:
-                fl = m.group(6) is not None or m.group(7) is not None
-                self._peek = (_FLOAT if fl else _INTEGER, m.group(5))
+                self._peek = (_classify(text), text)
             return
         self._peek = None
 
@@ -737,11 +742,10 @@ class JSONStreamParser:
                             self._token(_STRUCT_TYPE[data[pos]], text)
                         elif idx == 3 or idx == 4:
                             self._token(_STRING, text)
-                        elif idx == 8:
+                        elif idx == 6:
                             self._token(_KEYWORD, text)
                         else:
-                            fl = m.group(6) is not None or m.group(7) is not None
-                            self._token(_FLOAT if fl else _INTEGER, text)
+                            self._token(_classify(text), text)
                         pos = end
                         continue
             pos = self._step(data, pos)
