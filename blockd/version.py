@@ -12,8 +12,12 @@ PACKAGE = f"blockd {__version__}"
 
 
 def version_info() -> dict[str, Any]:
-    """The VersionInfo object shared by the greeting and ``query-version``."""
+    """The VersionInfo object shared by the greeting and ``query-version``.
+
+    Members are inserted in schema order, as QEMU's output visitor does; the
+    wire order is then derived from that (see blockd.qmp.qdict).
+    """
     return {
-        "qemu": {"micro": QEMU_MICRO, "minor": QEMU_MINOR, "major": QEMU_MAJOR},
+        "qemu": {"major": QEMU_MAJOR, "minor": QEMU_MINOR, "micro": QEMU_MICRO},
         "package": PACKAGE,
     }

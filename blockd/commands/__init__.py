@@ -1,1 +1,3 @@
-"""blockd.commands."""
+"""QMP command handlers, one module per topic; importing registers them."""
+
+from blockd.commands import control, hmp, qom  # noqa: F401

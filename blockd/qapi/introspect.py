@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 
 class _Generator:
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, commands: frozenset[str] | None = None) -> None:
         self.schema = schema
+        self.commands = commands
         self.used: list[QAPIType] = []
         self.names: dict[str, str] = {}
         self.trees: list[dict[str, Any]] = []
@@ -104,6 +105,8 @@ class _Generator:
         empty = self.schema.the_empty_object_type
         for ent in self.schema.entities:
             if isinstance(ent, CommandDef):
+                if self.commands is not None and ent.name not in self.commands:
+                    continue
                 obj: dict[str, Any] = {
                     "arg-type": self.use(ent.arg_type or empty),
                     "ret-type": self.use(ent.ret_type or empty),
@@ -121,6 +124,9 @@ class _Generator:
         return self.trees
 
 
-def generate(schema: Schema) -> list[dict[str, Any]]:
-    """The SchemaInfo list for ``schema``."""
-    return _Generator(schema).run()
+def generate(
+    schema: Schema, commands: frozenset[str] | None = None
+) -> list[dict[str, Any]]:
+    """The SchemaInfo list for ``schema``, limited to ``commands`` when given
+    (so a client never sees a command the daemon would answer CommandNotFound)."""
+    return _Generator(schema, commands).run()

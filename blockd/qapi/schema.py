@@ -65,6 +65,7 @@ class Schema:
         # Commands and events in definition order (module order first).
         self.entities: list[CommandDef | EventDef] = []
         self._introspection: list[dict[str, Any]] | None = None
+        self._introspection_for: dict[frozenset[str], list[dict[str, Any]]] = {}
         for name in BUILTIN_JSON_TYPES:
             self._types[name] = BuiltinType(name)
         self.the_empty_object_type = ObjectType("q_empty", implicit=True)
@@ -347,8 +348,15 @@ class Schema:
             return {}
         return {m.name: m.default for m in cmd.arg_type.members if m.default is not NO_DEFAULT}
 
-    def introspect(self) -> list[dict[str, Any]]:
-        """The ``query-qmp-schema`` result (computed once)."""
-        if self._introspection is None:
-            self._introspection = introspect.generate(self)
-        return self._introspection
+    def introspect(self, commands: frozenset[str] | None = None) -> list[dict[str, Any]]:
+        """The ``query-qmp-schema`` result (computed once per command set);
+        ``commands`` limits it to the commands actually implemented."""
+        if commands is None:
+            if self._introspection is None:
+                self._introspection = introspect.generate(self)
+            return self._introspection
+        cached = self._introspection_for.get(commands)
+        if cached is None:
+            cached = introspect.generate(self, commands)
+            self._introspection_for[commands] = cached
+        return cached

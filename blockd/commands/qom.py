@@ -1,0 +1,34 @@
+"""QOM commands: object-add, object-del, qom-list, qom-get."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blockd.qmp.dispatch import CommandContext, qmp_command
+from blockd.qmp.errors import GenericError
+
+
+@qmp_command("object-add")
+async def object_add(ctx: CommandContext, args: dict[str, Any]) -> None:
+    props = {k: v for k, v in args.items() if k not in ("qom-type", "id")}
+    ctx.daemon.qom.add_object(args["qom-type"], args["id"], props, ctx.daemon)
+
+
+@qmp_command("object-del")
+async def object_del(ctx: CommandContext, args: dict[str, Any]) -> None:
+    ctx.daemon.qom.del_object(args["id"])
+
+
+@qmp_command("qom-list")
+async def qom_list(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, str]]:
+    result: list[dict[str, str]] = ctx.daemon.qom.resolve(args["path"]).list_properties()
+    return result
+
+
+@qmp_command("qom-get")
+async def qom_get(ctx: CommandContext, args: dict[str, Any]) -> Any:
+    obj = ctx.daemon.qom.resolve(args["path"])
+    for prop in obj.properties():
+        if prop.name == args["property"] and prop.get is not None:
+            return prop.get()
+    raise GenericError(f"Property '{obj.type_name}.{args['property']}' not found")
