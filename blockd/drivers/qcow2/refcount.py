@@ -48,6 +48,38 @@ def set_entry(block: bytearray, index: int, order: int, value: int) -> tuple[int
     return pos, pos + 1
 
 
+def next_zero(block: bytes | bytearray, index: int, order: int) -> int | None:
+    """Index of the first zero refcount at/after index in a block, or None."""
+    if order >= 3:
+        width = 1 << (order - 3)
+        pat = bytes(width)
+        pos = block.find(pat, index * width)
+        while pos != -1 and pos % width:
+            pos = block.find(pat, pos + 1)
+        return None if pos == -1 else pos // width
+    entries = len(block) * 8 >> order
+    for i in range(index, entries):
+        if get_entry(block, i, order) == 0:
+            return i
+    return None
+
+
+def zero_run(block: bytes | bytearray, index: int, order: int, limit: int) -> int:
+    """How many consecutive zero refcounts start at index (at most limit)."""
+    if order >= 3:
+        width = 1 << (order - 3)
+        start = index * width
+        end = min(len(block), start + limit * width)
+        chunk = bytes(block[start:end])
+        zeros = len(chunk) - len(chunk.lstrip(b"\0"))
+        return zeros // width
+    entries = len(block) * 8 >> order
+    n = 0
+    while index + n < entries and n < limit and get_entry(block, index + n, order) == 0:
+        n += 1
+    return n
+
+
 class RefcountError(OSError):
     """A refcount update that QEMU refuses (overflow or underflow: -ERANGE/-EINVAL)."""
 
@@ -108,17 +140,39 @@ class Refcounts:
         return rt < len(self.table) and bool(self.table[rt] & REFT_OFFSET_MASK)
 
     async def _find_free(self, count: int) -> int:
-        """First run of ``count`` free clusters at/after free_cluster_index (no refs taken)."""
+        """First run of ``count`` free clusters at/after free_cluster_index (no refs
+        taken).  Scans whole refcount blocks with byte searches, not entry by entry."""
+        per_block = 1 << self.block_bits
         start = self.free_cluster_index
         run = 0
         idx = start
         while run < count:
-            if await self.get(idx) == 0:
-                run += 1
-            else:
-                run = 0
-                start = idx + 1
-            idx += 1
+            rt = idx >> self.block_bits
+            base = rt << self.block_bits
+            block_off = self.table[rt] & REFT_OFFSET_MASK if rt < len(self.table) else 0
+            if not block_off:
+                # No block: the whole range is free.
+                if run == 0:
+                    start = idx
+                run += base + per_block - idx
+                idx = base + per_block
+                continue
+            block = await self.cache.get(block_off)
+            i = idx - base
+            while i < per_block and run < count:
+                if run == 0:
+                    z = next_zero(block, i, self.order)
+                    if z is None:
+                        i = per_block
+                        break
+                    i = z
+                    start = base + i
+                n = zero_run(block, i, self.order, count - run)
+                run += n
+                i += n
+                if run < count and i < per_block:
+                    run = 0  # the run hit a used cluster
+            idx = base + i
         return start
 
     async def alloc_clusters(self, count: int, extra: int = 0) -> tuple[int, int]:
