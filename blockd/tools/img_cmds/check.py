@@ -119,30 +119,16 @@ async def _open(
     force_share: bool,
     direct: bool,
 ) -> BlockDriver:
-    """Open for checking.
-
-    A read-write open (``-r``) must not repair a dirty image by itself, or the
-    check would find nothing (QEMU's BDRV_O_CHECK).  The qcow2 driver's check
-    mode does that (and lets a corrupt image be opened for repair) but also skips
-    the snapshot table, which would make snapshot clusters look leaked; so it is
-    used only for dirty or corrupt images without snapshots.
-    """
-    if repair is None:
-        return await open_for_tool(con, filename, fmt, force_share=force_share, cache_direct=direct)
-    probe = await open_for_tool(con, filename, fmt, force_share=force_share)
-    try:
-        # A corrupt image opens read-write only in check mode (to be repaired).
-        broken = bool(getattr(probe, "dirty", False) or getattr(probe, "corrupt", False))
-        check_mode = broken and not getattr(probe, "snapshots", None)
-    finally:
-        await close_quietly(probe)
+    """Open for checking, as QEMU does with BDRV_O_CHECK: a dirty image is not
+    repaired implicitly by a read-write open (the check must see it as it is),
+    and a corrupt-flagged image may be opened read-write to be repaired."""
     return await open_for_tool(
         con,
         filename,
         fmt,
-        read_only=False,
+        read_only=repair is None,
         force_share=force_share,
-        check_mode=check_mode,
+        check_mode=True,
         cache_direct=direct,
     )
 
