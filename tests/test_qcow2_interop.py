@@ -71,6 +71,17 @@ async def test_create_preallocated(tmp_path: Path, qemu_img: str, prealloc: str)
     ref_map = json.loads(run(qemu_img, "map", "--output=json", str(ref)).stdout)
     assert mine_map == ref_map
     assert os.path.getsize(mine) == os.path.getsize(ref)
+    # Our own block status agrees with QEMU's view (holes under preallocated
+    # metadata read as zero: QEMU's BDRV_BLOCK_RECURSE heuristic).
+    drv = await open_ro(mine)
+    try:
+        st = await drv.block_status(0, 40 * MiB)
+    finally:
+        await close(drv)
+    first = ref_map[0]
+    assert st.length == first["length"]
+    assert bool(st.flags & BlockStatusFlag.ZERO) == first["zero"]
+    assert bool(st.flags & BlockStatusFlag.DATA) == first["data"]
 
 
 async def _write_mix(path: Path, size: int) -> bytearray:

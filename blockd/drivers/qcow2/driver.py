@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -164,6 +165,7 @@ class Qcow2Driver(BlockDriver):
         self._allocs: list[_AllocPlan] = []
         self._opened = False
         self.bitmaps: list[dict[str, Any]] = []
+        self._metadata_prealloc: bool | None = None
         # Hook for the graph engine (BLOCK_IMAGE_CORRUPTED): (message, fatal).
         self.on_corruption: Callable[[str, bool], None] | None = None
 
@@ -1420,8 +1422,17 @@ class Qcow2Driver(BlockDriver):
             _, l2_idx = self._split(offset)
             room = (self.slice_entries - l2_idx % self.slice_entries) * cs - (offset & (cs - 1))
             ext = (await self._map(offset, min(length, room)))[0]
+            if self._metadata_prealloc is None and ext.ctype == ClusterType.NORMAL:
+                self._metadata_prealloc = await self._detect_metadata_prealloc()
         F = BlockStatusFlag
         if ext.ctype == ClusterType.NORMAL:
+            if self._metadata_prealloc:
+                # BDRV_BLOCK_RECURSE: holes in the file read as zeros.
+                st = await self._f.block_status(ext.host, ext.length)
+                if st.length > 0 and st.flags & F.ZERO:
+                    return BlockStatus(F.DATA | F.ZERO | F.ALLOCATED, st.length, ext.host)
+                if st.length > 0:
+                    return BlockStatus(F.DATA | F.ALLOCATED, min(st.length, ext.length), ext.host)
             return BlockStatus(F.DATA | F.ALLOCATED, ext.length, ext.host)
         if ext.ctype == ClusterType.COMPRESSED:
             return BlockStatus(F.DATA | F.ALLOCATED, ext.length, None)
@@ -1432,6 +1443,21 @@ class Qcow2Driver(BlockDriver):
         if self.backing is None or offset >= self.backing.get_length():
             return BlockStatus(F.ZERO, ext.length, None)
         return BlockStatus(F(0), ext.length, None)
+
+    async def _detect_metadata_prealloc(self) -> bool:
+        """qcow2_detect_metadata_preallocation(): far more clusters in use than
+        the file really occupies means preallocated metadata over holes."""
+        fd = getattr(self.file, "fd", -1)
+        if not isinstance(fd, int) or fd < 0:
+            return False
+        try:
+            real = os.fstat(fd).st_blocks * 512
+        except OSError:
+            return False
+        real_clusters = real // self.cluster_size
+        threshold = max(real_clusters * 10 // 9, real_clusters + 2)
+        end = -(-self._f.get_length() // self.cluster_size)
+        return await self.rc.count_used(end, threshold) > threshold
 
     def get_length(self) -> int:
         return self.size

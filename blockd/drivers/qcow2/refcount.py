@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from array import array
 from collections.abc import Awaitable, Callable
 
 from .cache import TableCache
@@ -138,6 +139,28 @@ class Refcounts:
     def _has_block(self, cluster: int) -> bool:
         rt = cluster >> self.block_bits
         return rt < len(self.table) and bool(self.table[rt] & REFT_OFFSET_MASK)
+
+    async def count_used(self, end: int, stop_above: int) -> int:
+        """Clusters below ``end`` with a non-zero refcount (counting stops once it
+        exceeds stop_above)."""
+        per_block = 1 << self.block_bits
+        used = 0
+        for rt in range(min(len(self.table), -(-end // per_block))):
+            off = self.table[rt] & REFT_OFFSET_MASK
+            if not off:
+                continue
+            block = await self.cache.get(off)
+            n = min(per_block, end - rt * per_block)
+            if self.order >= 3:
+                code = {3: "B", 4: "H", 5: "I", 6: "Q"}[self.order]
+                width = 1 << (self.order - 3)
+                entries = array(code, bytes(block[: n * width]))
+                used += n - entries.count(0)
+            else:
+                used += sum(1 for i in range(n) if get_entry(block, i, self.order))
+            if used > stop_above:
+                break
+        return used
 
     async def _find_free(self, count: int) -> int:
         """First run of ``count`` free clusters at/after free_cluster_index (no refs
