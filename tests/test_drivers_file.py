@@ -152,7 +152,11 @@ async def test_raw_offset_size(tmp_path: Path) -> None:
 
 
 async def test_null_co() -> None:
+    # Like QEMU, a protocol filename gets a probed format (raw) on top.
     drv = await open_image("null-co://")
+    assert drv.name == "raw" and drv.file is not None and drv.file.name == "null-co"
+    await close_image(drv)
+    drv = await open_image("null-co://", "null-co")
     assert drv.name == "null-co"
     assert drv.get_length() == 1 << 30
     assert await drv.read(0, 8) == bytes(8)

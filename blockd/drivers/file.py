@@ -179,7 +179,9 @@ class FileDriver(BlockDriver):
         return os.lseek(self.fd, 0, os.SEEK_END)
 
     def get_length(self) -> int:
-        return self._size()
+        # QEMU counts whole sectors (bdrv_getlength = total_sectors * 512): a file
+        # whose size is not a multiple of 512 shows a zero-filled partial sector.
+        return -(-self._size() // 512) * 512
 
     def refresh_limits(self) -> Limits:
         return Limits(request_alignment=self.request_alignment)

@@ -2,7 +2,8 @@
 
 Writes are dropped; reads return zeros.  (QEMU leaves the read buffer untouched
 unless ``read-zeroes`` is set; Python has no caller buffer to leave alone, so zeros
-are returned either way, but block status still reports what QEMU reports.)
+are returned either way and ``leaves_read_buffer`` tells callers that emulate a
+buffer, like qemu-io's 0xab fill, what QEMU would show.)
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ class NullCoDriver(BlockDriver):
         self.size = _DEFAULT_SIZE
         self.read_zeroes = False
         self.latency_ns = 0
+        self.filename = ""
 
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
         self.flags = flags
+        self.filename = f"{self.name}://"
         self.size = int(options.get("size", _DEFAULT_SIZE))
         self.read_zeroes = bool(options.get("read-zeroes", False))
         latency = int(options.get("latency-ns", 0))
@@ -44,6 +47,11 @@ class NullCoDriver(BlockDriver):
 
     async def close(self) -> None:
         return None
+
+    @property
+    def leaves_read_buffer(self) -> bool:
+        """QEMU would not touch the caller's buffer on reads."""
+        return not self.read_zeroes
 
     async def _delay(self) -> None:
         if self.latency_ns:

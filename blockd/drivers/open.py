@@ -95,8 +95,7 @@ def resolve_backing_path(overlay_filename: str, backing: str) -> str:
 
 
 def _has_protocol(name: str) -> bool:
-    head, sep, _ = name.partition(":")
-    return bool(sep) and "/" not in head and head != "" and name.startswith(_PROTOCOL_PREFIXES)
+    return name.startswith(_PROTOCOL_PREFIXES)
 
 
 def parse_bool(key: str, value: Any) -> bool:
@@ -243,22 +242,25 @@ async def open_node(
     flags = _flags_from(opts, flags)
     drvname = opts.get("driver", fmt)
 
-    # A bare protocol filename ("null-co://") names its driver.
-    if filename is not None and drvname is None:
+    # A protocol filename ("null-co://") names the protocol driver of the file
+    # node; a format is still probed on top of it unless one is given.
+    protocol = "file"
+    if filename is not None:
         for prefix in _PROTOCOL_PREFIXES:
             if filename.startswith(prefix):
-                drvname = prefix[:-3]
-                filename = None
+                protocol = prefix[:-3]
                 break
     if drvname is not None:
         cls = driver_class(drvname)
         if cls.is_protocol:
             node = cls()
             dopts = _driver_opts(opts)
-            if filename is not None and "filename" not in dopts:
+            if filename is not None and "filename" not in dopts and cls.name == "file":
                 dopts["filename"] = filename
             await node.open(dopts, flags)
             node.flags = flags
+            if filename is not None and not getattr(node, "filename", None):
+                node.filename = filename  # type: ignore[attr-defined]
             return node
 
     # Format node: open the protocol child first.
@@ -268,10 +270,10 @@ async def open_node(
     elif child_opts is None:
         if filename is None:
             raise GenericError('A block device must be specified for "file"')
-        child_opts = {"driver": "file", "filename": filename}
+        child_opts = {"driver": protocol, "filename": filename}
     else:
         child_opts = dict(child_opts)
-        child_opts.setdefault("driver", "file")
+        child_opts.setdefault("driver", protocol)
         if filename is not None and child_opts["driver"] == "file":
             # "-o file.locking=off img": options refine the file named on the side.
             child_opts.setdefault("filename", filename)

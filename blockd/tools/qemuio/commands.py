@@ -204,7 +204,21 @@ class QemuIo:
         self._check_request(offset, length)
         if length == 0:
             return b""
-        return await self.blk.read(offset, length)
+        data = await self.blk.read(offset, length)
+        if self._reads_leave_buffer():
+            # qemu-io fills its read buffer with 0xab; null-co leaves it as it is.
+            return b"\xab" * length
+        return data
+
+    def _reads_leave_buffer(self) -> bool:
+        node = self.blk
+        while node is not None:
+            if getattr(node, "leaves_read_buffer", False):
+                return True
+            if node.name != "raw":
+                return False
+            node = node.file
+        return False
 
     async def _pwrite(self, offset: int, data: bytes, *, fua: bool = False,
                       compressed: bool = False) -> None:
@@ -715,9 +729,17 @@ async def length_f(io: QemuIo, argv: list[str]) -> int:
 async def info_f(io: QemuIo, argv: list[str]) -> int:
     assert io.blk is not None
     drv = io.blk
+    # QEMU prints the format name, and a protocol driver's name a second time.
     io.p(f"format name: {drv.name}\n")
+    if drv.is_protocol:
+        io.p(f"format name: {drv.name}\n")
     cluster = int(getattr(drv, "cluster_size", 0) or 0)
-    if drv.is_protocol and drv.name != "file":
+    # bdrv_get_info(): file-posix and qcow2 answer, raw asks its file, null-co fails
+    # (and then QEMU prints nothing more).
+    node: BlockDriver | None = drv
+    while node is not None and node.name == "raw":
+        node = node.file
+    if node is None or node.name not in ("file", "qcow2"):
         return 0
     io.p(f"cluster size: {cvtstr(float(cluster))}\n")
     vm_state = int(getattr(drv, "vm_state_offset", 0) or 0)
