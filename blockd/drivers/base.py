@@ -160,11 +160,14 @@ def _load_builtin_drivers() -> None:
     import importlib
 
     for mod in ("file", "raw", "null", "qcow2"):
+        name = f"blockd.drivers.{mod}"
         try:
-            importlib.import_module(f"blockd.drivers.{mod}")
-        except ImportError:
-            # A driver package that does not exist (yet) simply is not registered.
-            pass
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            # A driver that does not exist (yet) is simply not registered; a broken
+            # import inside an existing driver must not be hidden.
+            if e.name != name:
+                raise
 
 
 def driver_class(name: str) -> type[BlockDriver]:
