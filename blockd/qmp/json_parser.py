@@ -755,7 +755,8 @@ class JSONStreamParser:
 
         Only when no token of the run can hit a limit (then none is longer than
         MAX_TOKEN_SIZE either, so the lexer would not have cut one); otherwise
-        (rare) the tokens go through :meth:`_token` one by one.
+        (rare) the tokens go through :meth:`_token` one by one, up to one the
+        lexer itself would cut.
         """
         m = _INNER_RUN.match(data, pos, min(len(data), pos + _BATCH_WINDOW))
         if m is None:
@@ -772,7 +773,10 @@ class JSONStreamParser:
             queue.append(0x20)
             self._ntokens += len(toks)
             return end
-        for tok in toks:
+        for tm in _INNER_TOKENS.finditer(data, pos, end):
+            tok = tm.group()
+            if len(tok) > MAX_TOKEN_SIZE:
+                return tm.start()  # the lexer cuts this one: leave it to the DFA
             self._token(_classify(tok), tok)
         return end
 
