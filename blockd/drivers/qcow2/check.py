@@ -16,6 +16,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from blockd.qmp.errors import GenericError
+
 from .cluster import (
     L1E_OFFSET_MASK,
     L2E_OFFSET_MASK,
@@ -105,7 +107,7 @@ async def _check_l2(
                 )
                 res.corruptions += 1
                 e &= ~OFLAG_COPIED
-            start, ln = drv.cgeo.host_range(e)
+            start, ln = drv.cgeo.decode(e)
             cnt.inc(start, ln)
             if active:
                 res.allocated_clusters += 1
@@ -115,7 +117,8 @@ async def _check_l2(
             off = e & L2E_OFFSET_MASK
             if off & (cs - 1):
                 res.messages.append(
-                    f"ERROR offset={off:x}: Cluster is not properly aligned; L2 entry corrupted."
+                    f"ERROR offset={off:x}: Data cluster is not properly aligned; "
+                    "L2 entry corrupted."
                 )
                 res.corruptions += 1
             if active:
@@ -153,9 +156,8 @@ async def _check_l1(
                 f"ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
             )
             res.corruptions += 1
-            continue
-        if l2 + drv.cluster_size > cnt.file_len:
-            continue
+        # Like QEMU, the entries are checked even at a misaligned offset (past the
+        # end of the file they read as zeros).
         await _check_l2(drv, cnt, res, l2, active)
 
 
@@ -195,7 +197,9 @@ async def _count_bitmaps(drv: Qcow2Driver, cnt: _Counter, res: Qcow2CheckResult)
                 cnt.inc(data, drv.cluster_size)
 
 
-async def _calculate(drv: Qcow2Driver, res: Qcow2CheckResult) -> tuple[_Counter, bool]:
+async def _calculate(
+    drv: Qcow2Driver, res: Qcow2CheckResult, fix_errors: bool = False
+) -> tuple[_Counter, bool]:
     """Build the in-memory refcounts (calculate_refcounts); returns (counter, rebuild)."""
     cs = drv.cluster_size
     cnt = _Counter(drv, res, drv._f.get_length())
@@ -227,10 +231,23 @@ async def _calculate(drv: Qcow2Driver, res: Qcow2CheckResult) -> tuple[_Counter,
             rebuild = True
             continue
         if (off >> drv.cluster_bits) >= nb_clusters:
-            res.messages.append(f"ERROR refcount block {i} is outside image")
             res.corruptions += 1
+            if not fix_errors:
+                res.messages.append(f"ERROR refcount block {i} is outside image")
+                continue
+            res.messages.append(f"Repairing refcount block {i} is outside image")
+            # Grow the file so the block is inside; the rebuild sorts out the rest.
             rebuild = True
-            continue
+            try:
+                await drv._f.truncate(off + cs)
+            except (OSError, GenericError) as exc:
+                text = exc.desc if isinstance(exc, GenericError) else exc.strerror
+                res.messages.append(f"ERROR could not resize image: {text}")
+                continue
+            cnt.file_len = drv._f.get_length()
+            nb_clusters = -(-cnt.file_len // cs)
+            if nb_clusters > len(cnt.refs):
+                cnt.refs.extend([0] * (nb_clusters - len(cnt.refs)))
         cnt.inc(off, cs)
         if cnt.refs[off >> drv.cluster_bits] != 1:
             res.messages.append(
@@ -370,7 +387,7 @@ async def check_image(drv: Qcow2Driver, repair: str | None) -> Qcow2CheckResult:
     fix_errors = repair == "all"
     cs = drv.cluster_size
     res.total_clusters = -(-drv.size // cs)
-    cnt, rebuild = await _calculate(drv, res)
+    cnt, rebuild = await _calculate(drv, res, fix_errors)
     pre = (res.corruptions, res.leaks, res.check_errors)
     highest, rebuild2 = await _compare(drv, res, cnt, False, False)
     rebuild = rebuild or rebuild2
