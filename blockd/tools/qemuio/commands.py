@@ -170,8 +170,11 @@ class QemuIo:
         return EINVAL
 
     def find(self, name: str) -> Command | None:
+        ct = self.commands.get(name)
+        if ct is not None:
+            return ct
         for c in self.commands.values():
-            if c.name == name or c.altname == name:
+            if c.altname == name:
                 return c
         return None
 
@@ -239,6 +242,20 @@ class QemuIo:
         await self.blk.write_zeroes(offset, length, may_unmap=may_unmap)
         if fua or self.writethrough:
             await self.blk.flush()
+
+    async def _load_vmstate(self, pos: int, length: int) -> bytes:
+        """bdrv_load_vmstate(): only formats with a VM state area (driver hook)."""
+        load = getattr(self.blk, "load_vmstate", None)
+        if load is None:
+            raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+        data: bytes = await load(pos, length)
+        return data
+
+    async def _save_vmstate(self, pos: int, data: bytes) -> None:
+        save = getattr(self.blk, "save_vmstate", None)
+        if save is None:
+            raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+        await save(pos, data)
 
     async def _pdiscard(self, offset: int, length: int) -> None:
         assert self.blk is not None
@@ -391,8 +408,9 @@ async def read_f(io: QemuIo, argv: list[str]) -> int:
     t1 = time.monotonic_ns()
     try:
         if bflag:
-            raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
-        buf = await io._pread(offset, count)
+            buf = await io._load_vmstate(offset, count)
+        else:
+            buf = await io._pread(offset, count)
     except (OSError, GenericError) as e:
         io.p(f"read failed: {os.strerror(_errno_of(e))}\n")
         return -_errno_of(e)
@@ -544,8 +562,8 @@ async def write_f(io: QemuIo, argv: list[str]) -> int:
     t1 = time.monotonic_ns()
     try:
         if bflag:
-            raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
-        if zflag:
+            await io._save_vmstate(offset, buf)
+        elif zflag:
             await io._pwrite_zeroes(offset, count, may_unmap=unmap, fua=fua)
         elif cflag:
             await io._pwrite(offset, buf, compressed=True)

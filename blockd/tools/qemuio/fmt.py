@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 
 # BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to the sector size.
 BDRV_REQUEST_MAX_BYTES = 2147483136
@@ -142,8 +143,18 @@ def _strtou64_prefix(s: str, base: int) -> tuple[int, int] | None:
 _HEX = "0123456789abcdefABCDEF"
 
 
+_SIMPLE = re.compile(r"([0-9]+)([bkmgtpeBKMGTPE]?)")
+
+
 def cvtnum(s: str) -> int:
     """qemu_strtosz() with a default unit of bytes; raises CvtnumError."""
+    m = _SIMPLE.fullmatch(s)
+    if m is not None:
+        # The common case ("65536", "64k"): digits and an optional unit.
+        value = int(m.group(1)) << _SUFFIX_SHIFT[m.group(2).lower() or "b"]
+        if value > INT64_MAX:
+            raise CvtnumError(-errno.ERANGE)
+        return value
     r = _strtou64_prefix(s, 10)
     if r is None:
         raise CvtnumError(-errno.EINVAL)

@@ -26,6 +26,8 @@ def getopt(
     argv: list[str], optstring: str
 ) -> tuple[list[Opt | OptError], list[str]]:
     """Parse argv[1:]; returns (options in order, operands in order)."""
+    if not any(w.startswith("-") and w != "-" for w in argv[1:]):
+        return [], argv[1:]
     prog = argv[0]
     items: list[Opt | OptError] = []
     operands: list[str] = []
