@@ -228,6 +228,10 @@ def test_cli_errors_match(tmp_path: Path, qemu_io: str, qemu_img: str) -> None:
         ["-f", "raw", *cmds("read x 1", "quit"), q],
         cmds("open -r -o driver=raw " + q, "length", "open " + q, "close", "close"),
         cmds("open -f raw " + q),
+        # -s: writes land in a temporary qcow2 overlay, the image stays untouched
+        ["-s", "-f", "raw", *cmds("write -P 7 0 512", "read -v 0 16", "map", "info"), q],
+        cmds("open -s -o driver=raw " + q, "write -P 7 0 512", "read -P 7 0 512"),
+        ["-f", "raw", *cmds("read -P 0 0 512"), q],
         ["-f", "raw", *cmds("write -s " + str(tmp_path / "t.txt") + " 0 12", "read -v 0 16"),
          q],
     ]

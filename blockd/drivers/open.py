@@ -362,8 +362,12 @@ async def open_image(
     cache_no_flush: bool = False,
     discard_unmap: bool = True,
     aio: str | None = None,
+    snapshot: bool = False,
 ) -> BlockDriver:
     """Open an image as qemu-io/qemu-img do and return its top node.
+
+    ``snapshot`` is qemu-io's ``-s``: the image is opened read-only under a
+    temporary qcow2 overlay that takes all writes and vanishes on close.
 
     ``options`` are node options, nested or dotted (``{"file.locking": "off"}``);
     ``filename`` may be ``""`` when the options name the file.  Locks are taken as
@@ -383,6 +387,8 @@ async def open_image(
     )
     if force_share and not read_only:
         raise GenericError("force-share=on can only be used with read-only images")
+    if snapshot:
+        return await _open_temp_snapshot(opts, flags, filename or None, fmt, backing)
     node = await open_node(opts, flags, filename=filename or None, fmt=fmt, backing=backing)
     if node.is_protocol:
         try:
@@ -436,3 +442,60 @@ def request_perms(top: BlockDriver, *, write: bool = False, resize: bool = False
     new = perm | (BLK_PERM_WRITE if write else 0) | (BLK_PERM_RESIZE if resize else 0)
     if new != perm:
         set_perms(new, shared)
+
+
+async def _open_temp_snapshot(
+    opts: dict[str, Any], flags: OpenFlags, filename: str | None, fmt: str | None,
+    backing: bool,
+) -> BlockDriver:
+    """bdrv_append_temp_snapshot(): a deleted-on-open qcow2 overlay in /var/tmp."""
+    import tempfile
+
+    from blockd.drivers.qcow2 import qcow2_create
+
+    base_flags = OpenFlags(
+        read_only=True,
+        cache_direct=flags.cache_direct,
+        cache_no_flush=flags.cache_no_flush,
+        discard_unmap=flags.discard_unmap,
+        force_share=flags.force_share,
+        locking=flags.locking,
+        extra=dict(flags.extra),
+    )
+    base = await open_node(opts, base_flags, filename=filename, fmt=fmt, backing=backing)
+    tmpdir = os.environ.get("TMPDIR") or "/var/tmp"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="vl.", dir=tmpdir)
+        os.close(fd)
+    except OSError as e:
+        await close_image(base)
+        raise GenericError(f"Could not get temporary filename: {os.strerror(e.errno or 5)}") \
+            from None
+    over_flags = OpenFlags(
+        read_only=False,
+        cache_no_flush=True,  # the overlay is thrown away: never worth a flush
+        discard_unmap=flags.discard_unmap,
+        extra=dict(flags.extra),
+    )
+    try:
+        file = driver_class("file")()
+        await file.open({"filename": tmp}, over_flags)
+        file.flags = over_flags
+        try:
+            await qcow2_create(file, base.get_length(), backing_file=filename or "",
+                               backing_fmt=base.name)
+            node = driver_class("qcow2")()
+            node.file = file
+            await node.open({}, over_flags)
+            node.flags = over_flags
+            _apply_perms(file, node, over_flags)
+        except BaseException:
+            await file.close()
+            raise
+        node.backing = base
+    except BaseException:
+        await close_image(base)
+        raise
+    finally:
+        os.unlink(tmp)  # BDRV_O_TEMPORARY: gone once open
+    return node

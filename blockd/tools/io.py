@@ -137,6 +137,7 @@ async def amain(argv: list[str]) -> int:
     discard_unmap = True
     force_share = False
     image_opts = False
+    snapshot = False
     aio: str | None = None
     session = QemuIo(out, err, prog=prog)
     for it in items:
@@ -184,7 +185,9 @@ async def amain(argv: list[str]) -> int:
             force_share = True
         elif c == "\x02":
             image_opts = True
-        elif c in ("s", "C", "T", "\x01"):
+        elif c == "s":
+            snapshot = True
+        elif c in ("C", "T", "\x01"):
             session.error_report(f"option -{c} is not supported by {prog}")
             return 1
         # -m (misalign) only matters for O_DIRECT buffer addresses: nothing to do.
@@ -210,7 +213,7 @@ async def amain(argv: list[str]) -> int:
                     session.error_report("can't open: Must specify either driver or file")
                     return 1
             params = OpenParams(filename, fmt, read_only, direct, no_flush, writethrough,
-                                discard_unmap, force_share, aio, options)
+                                discard_unmap, force_share, aio, options, snapshot)
             if await session.open(params, image_opts=image_opts):
                 return 1
         session.writethrough = writethrough

@@ -69,6 +69,7 @@ class OpenParams:
     force_share: bool
     aio: str | None
     options: dict[str, Any] = field(default_factory=dict)
+    snapshot: bool = False
 
 
 def parse_cache_mode(mode: str) -> tuple[bool, bool, bool] | None:
@@ -324,6 +325,7 @@ class QemuIo:
                 discard_unmap=params.discard_unmap,
                 aio=params.aio,
                 options=params.options,
+                snapshot=params.snapshot,
             )
         except GenericError as e:
             where = f"device {params.filename}" if params.filename and not image_opts else ""
@@ -936,6 +938,7 @@ async def close_f(io: QemuIo, argv: list[str]) -> int:
 async def open_f(io: QemuIo, argv: list[str]) -> int:
     read_only = False
     force_share = False
+    snapshot = False
     direct = no_flush = False
     writethrough = True
     discard_unmap = True
@@ -973,7 +976,9 @@ async def open_f(io: QemuIo, argv: list[str]) -> int:
             discard_unmap = d
         elif c == "o":
             options.update(parse_keyval(arg))
-        elif c in ("s", "C"):
+        elif c == "s":
+            snapshot = True
+        elif c == "C":
             io.error_report(f"option -{c} is not supported by blockd-io")
             return -errno.ENOTSUP
     if len(args) == 1:
@@ -984,7 +989,7 @@ async def open_f(io: QemuIo, argv: list[str]) -> int:
         return io.usage("open")
     fmt = options.pop("driver", None)
     params = OpenParams(filename, fmt, read_only, direct, no_flush, writethrough,
-                        discard_unmap, force_share, aio, options)
+                        discard_unmap, force_share, aio, options, snapshot)
     if io.blk is not None:
         io.error_report("file open already, try 'help close'")
         return -errno.EBUSY
