@@ -37,7 +37,7 @@ from blockd.drivers.base import (
 from blockd.qmp.errors import GenericError
 
 from . import header as H
-from .cache import CacheConfig, TableCache, resolve_cache_options
+from .cache import CacheConfig, TableCache
 from .cluster import (
     L1E_OFFSET_MASK,
     L2E_OFFSET_MASK,
@@ -49,6 +49,13 @@ from .cluster import (
     cluster_type,
 )
 from .compress import compress_cluster, decompress_cluster
+from .options import (
+    DISCARD_ALWAYS,
+    DISCARD_NEVER,
+    DISCARD_OTHER,
+    DISCARD_REQUEST,
+    parse_runtime_options,
+)
 from .refcount import Refcounts
 from .snapshot import (
     MAX_SNAPSHOTS,
@@ -65,14 +72,6 @@ QCOW_MAX_REFTABLE_SIZE = 8 * 1024 * 1024
 QCOW_MAX_L1_SIZE = 32 * 1024 * 1024
 INT_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
-
-DISCARD_REQUEST = "request"
-DISCARD_OTHER = "other"
-DISCARD_SNAPSHOT = "snapshot"
-DISCARD_NEVER = "never"
-DISCARD_ALWAYS = "always"
-
-OVERLAP_TEMPLATES = ("none", "constant", "cached", "all")
 
 
 async def _chain_is_zero(node: BlockDriver | None, offset: int, length: int) -> bool:
@@ -419,66 +418,18 @@ class Qcow2Driver(BlockDriver):
             raise GenericError(f"{name} offset invalid")
 
     def _apply_options(self, options: dict[str, Any], flags: OpenFlags) -> None:
-        """Runtime options (qcow2_update_options_prepare) with QEMU's errors."""
-        self.cache_config = resolve_cache_options(options, self.cluster_size, self.size)
-        from blockd.drivers.open import parse_bool
-
-        lazy = options.get("lazy-refcounts")
-        use_lazy = (
-            bool(self.header.compatible_features & H.COMPAT_LAZY_REFCOUNTS)
-            if lazy is None
-            else parse_bool("lazy-refcounts", lazy)
-        )
-        if use_lazy and self.header.version < 3:
-            raise GenericError(
-                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level"
-            )
-        self.use_lazy_refcounts = use_lazy
-        ov = options.get("overlap-check")
-        if isinstance(ov, dict):
-            ov = ov.get("template")
-        tmpl = options.get("overlap-check.template")
-        if ov is not None and tmpl is not None and ov != tmpl:
-            raise GenericError(
-                "Conflicting values for qcow2 options 'overlap-check' "
-                f"('{ov}') and 'overlap-check.template' ('{tmpl}')"
-            )
-        ov = ov if ov is not None else tmpl
-        if ov is not None and ov not in OVERLAP_TEMPLATES:
-            raise GenericError(
-                f"Unsupported value '{ov}' for qcow2 option 'overlap-check'. "
-                "Allowed are any of the following: none, constant, cached, all"
-            )
-        enc = options.get("encrypt")
-        if isinstance(enc, dict) and enc.get("format") and not self.header.crypt_method:
-            raise GenericError(
-                f"No encryption in image header, but options specified format '{enc['format']}'"
-            )
-
-        def opt(key: str, default: bool) -> bool:
-            val = options.get(key)
-            return default if val is None else parse_bool(key, val)
-
-        self.discard_passthrough = {
-            DISCARD_NEVER: False,
-            DISCARD_ALWAYS: True,
-            DISCARD_REQUEST: opt("pass-discard-request", flags.discard_unmap),
-            DISCARD_SNAPSHOT: opt("pass-discard-snapshot", True),
-            DISCARD_OTHER: opt("pass-discard-other", False),
-        }
+        """Runtime options (qcow2_update_options_prepare) with QEMU's errors;
+        nothing changes when they are refused."""
+        rt = parse_runtime_options(options, flags, self.header)
+        self.cache_config = rt.cache
+        self.use_lazy_refcounts = rt.lazy_refcounts
+        self.discard_passthrough = dict(rt.discard_passthrough)
 
     async def reopen(self, options: dict[str, Any], flags: OpenFlags) -> None:
         """Apply changed runtime options (cache sizes, discard, lazy refcounts)."""
         async with self._locked():
             old = self.cache_config
-            saved = (self.use_lazy_refcounts, dict(self.discard_passthrough))
-            try:
-                self._apply_options(options, flags)
-            except GenericError:
-                # A refused reopen changes nothing.
-                self.cache_config = old
-                self.use_lazy_refcounts, self.discard_passthrough = saved
-                raise
+            self._apply_options(options, flags)
             cfg = self.cache_config
             assert cfg is not None
             if old != cfg:
