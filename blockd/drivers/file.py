@@ -121,11 +121,9 @@ class FileDriver(BlockDriver):
         try:
             st = os.fstat(self.fd)
             self.is_block_device = stat.S_ISBLK(st.st_mode)
-            if not (stat.S_ISREG(st.st_mode) or self.is_block_device):
-                raise GenericError(
-                    f"'file' driver requires '{filename}' to be either "
-                    "a regular file or a block device"
-                )
+            if not (stat.S_ISREG(st.st_mode) or self.is_block_device
+                    or stat.S_ISCHR(st.st_mode)):
+                raise GenericError(f"'file' driver requires '{filename}' to be a regular file")
             if flags.cache_direct:
                 self.request_alignment = await run_io(self._probe_alignment)
             if locking != "off" and (locking == "on" or ofd_locks_supported(self.fd)):
