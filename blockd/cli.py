@@ -225,19 +225,9 @@ class Daemonizer:
 def _parse_json_or_keyval(text: str, implied: str) -> tuple[Any, bool]:
     """(value, is_keyval): QSD treats an argument starting with '{' as JSON."""
     if text.startswith("{"):
-        from blockd.qmp.json_parser import JSONParseError, JSONStreamParser
+        from blockd.qmp.json_parser import qobject_from_json
 
-        parser = JSONStreamParser()
-        items = parser.feed(text.encode())
-        # qobject_from_json: exactly one value, the first error wins.
-        for item in items:
-            if isinstance(item, JSONParseError):
-                raise QMPErrorText(item.desc)
-        items += parser.feed(b"\n")
-        values = [v for v in items if not isinstance(v, JSONParseError)]
-        if len(values) != 1:
-            raise QMPErrorText("JSON parse error, expecting value")
-        return values[0], False
+        return qobject_from_json(text), False
     from blockd.qapi import keyval_parse
 
     return keyval_parse(text, implied), True
