@@ -227,7 +227,6 @@ def assert_healthy(daemon: DaemonProcess, path: str) -> None:
     assert daemon.alive()
 
 
-@pytest.mark.slow
 @settings(max_examples=100, deadline=5000, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(inputs)
@@ -277,7 +276,6 @@ garbage = st.lists(st.sampled_from(FRAGMENTS) | st.binary(min_size=1, max_size=1
                    max_size=30).map(b"".join)
 
 
-@pytest.mark.slow
 @settings(max_examples=50, deadline=10000, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.data_too_large])
 @given(garbage, st.booleans())
