@@ -145,3 +145,24 @@ async def test_events_reach_every_negotiated_monitor(tmp_path: Path) -> None:
     daemon.request_shutdown()
     await asyncio.wait_for(serving, 10)
     assert not any(Path(p).exists() for p in paths)
+
+
+def test_oversized_input_is_bounded(daemon: DaemonProcess) -> None:
+    """A 65 MiB token gets QEMU's limit error; memory stays bounded and the
+    connection keeps working."""
+    client = RawClient(daemon.socket, negotiate=True, timeout=120)
+    client.send(b'{"execute":"query-version","id":"' + b"x" * (65 * 2**20))
+    client.send(b'"}\n{"execute":"query-version","id":2}\n')
+    assert client.line() == (
+        b'{"error": {"class": "GenericError", "desc": "JSON token size limit exceeded"}}\r\n'
+    )
+    while True:
+        line = client.line()
+        if b'"id": 2' in line:
+            assert line.startswith(b'{"return": {"qemu": ')
+            break
+        assert line.startswith(b'{"error": {"class": "GenericError", "desc": "JSON parse error')
+    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    peak_kib = int(status.split("VmHWM:")[1].split()[0])
+    assert peak_kib < 512 * 1024, f"peak RSS {peak_kib} KiB"
+    client.close()
