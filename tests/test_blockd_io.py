@@ -305,3 +305,24 @@ def test_compressed_cluster_reuse_keeps_data(tmp_path: Path, qemu_img: str) -> N
     assert rc == 0 and err == "" and "failed" not in out
     r = subprocess.run([qemu_img, "check", img], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_copy_on_read(tmp_path: Path, qemu_io: str, qemu_img: str) -> None:
+    base = tmp_path / "cb.qcow2"
+    subprocess.run([qemu_img, "create", "-f", "qcow2", str(base), "4M"], check=True,
+                   capture_output=True)
+    subprocess.run([qemu_io, *cmds("write -P 1 0 100k", "write -P 2 1M 4k"), str(base)],
+                   check=True, capture_output=True)
+    script = cmds("read -P 1 10k 4k", "map", "read -P 0 200k 4k", "map", "read -v 1M 16",
+                  "map", "readv 3M 512", "map")
+    outs = []
+    for tool in (qemu_io, BLOCKD_IO):
+        top = tmp_path / "ct.qcow2"
+        top.unlink(missing_ok=True)
+        subprocess.run([qemu_img, "create", "-f", "qcow2", "-b", "cb.qcow2", "-F", "qcow2",
+                        str(top)], check=True, capture_output=True)
+        outs.append(run(tool, ["-C", *script, str(top)]))
+        r = subprocess.run([qemu_img, "check", str(top)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout
+    assert outs[1] == outs[0]
+    compare(qemu_io, ["-C", "-r", *cmds("read 0 1"), str(tmp_path / "ct.qcow2")])

@@ -138,6 +138,7 @@ async def amain(argv: list[str]) -> int:
     force_share = False
     image_opts = False
     snapshot = False
+    copy_on_read = False
     aio: str | None = None
     session = QemuIo(out, err, prog=prog)
     for it in items:
@@ -187,7 +188,9 @@ async def amain(argv: list[str]) -> int:
             image_opts = True
         elif c == "s":
             snapshot = True
-        elif c in ("C", "T", "\x01"):
+        elif c == "C":
+            copy_on_read = True
+        elif c in ("T", "\x01"):
             session.error_report(f"option -{c} is not supported by {prog}")
             return 1
         # -m (misalign) only matters for O_DIRECT buffer addresses: nothing to do.
@@ -213,7 +216,8 @@ async def amain(argv: list[str]) -> int:
                     session.error_report("can't open: Must specify either driver or file")
                     return 1
             params = OpenParams(filename, fmt, read_only, direct, no_flush, writethrough,
-                                discard_unmap, force_share, aio, options, snapshot)
+                                discard_unmap, force_share, aio, options, snapshot,
+                                copy_on_read)
             if await session.open(params, image_opts=image_opts):
                 return 1
         session.writethrough = writethrough

@@ -70,6 +70,7 @@ class OpenParams:
     aio: str | None
     options: dict[str, Any] = field(default_factory=dict)
     snapshot: bool = False
+    copy_on_read: bool = False
 
 
 def parse_cache_mode(mode: str) -> tuple[bool, bool, bool] | None:
@@ -145,6 +146,7 @@ class QemuIo:
         self.params: OpenParams | None = None
         # qemu-io runs with the write cache disabled unless -t says otherwise.
         self.writethrough = True
+        self.copy_on_read = False
         self.quit = False
         self.standalone = standalone
         self.commands = {c.name: c for c in _COMMANDS if standalone or c.name not in _CLI_ONLY}
@@ -208,11 +210,35 @@ class QemuIo:
         self._check_request(offset, length)
         if length == 0:
             return b""
+        if self.copy_on_read:
+            await self._copy_on_read(offset, length)
         data = await self.blk.read(offset, length)
         if self._reads_leave_buffer():
             # qemu-io fills its read buffer with 0xab; null-co leaves it as it is.
             return b"\xab" * length
         return data
+
+    async def _copy_on_read(self, offset: int, length: int) -> None:
+        """bdrv_co_do_copy_on_readv(): pull the clusters a read touches into the top
+        layer wherever the top layer does not decide them yet (zeros as zero writes)."""
+        assert self.blk is not None
+        top = self.blk
+        cluster = int(getattr(top, "cluster_size", 0) or 0)
+        cluster = cluster or top.refresh_limits().request_alignment
+        start = offset - offset % cluster
+        end = min(-(-(offset + length) // cluster) * cluster, top.get_length())
+        pos = start
+        while pos < end:
+            allocated, pnum = await _is_allocated(top, pos, end - pos)
+            if pnum == 0:
+                break
+            if not allocated:
+                data = await top.read(pos, pnum)
+                if data.count(0) == len(data):
+                    await top.write_zeroes(pos, pnum)
+                else:
+                    await top.write(pos, data)
+            pos += pnum
 
     def _reads_leave_buffer(self) -> bool:
         node = self.blk
@@ -314,6 +340,11 @@ class QemuIo:
         if self.blk is not None:
             self.error_report("file open already, try 'help close'")
             return 1
+        if params.copy_on_read and params.read_only:
+            where = f"device {params.filename}" if params.filename and not image_opts else ""
+            text = "Can't use copy-on-read on read-only device"
+            self.error_report(f"can't open {where}: {text}" if where else f"can't open: {text}")
+            return 1
         try:
             self.blk = await open_image(
                 params.filename,
@@ -337,6 +368,7 @@ class QemuIo:
             return 1
         self.params = params
         self.writethrough = params.writethrough
+        self.copy_on_read = params.copy_on_read
         return 0
 
     async def close(self) -> None:
@@ -939,6 +971,7 @@ async def open_f(io: QemuIo, argv: list[str]) -> int:
     read_only = False
     force_share = False
     snapshot = False
+    copy_on_read = False
     direct = no_flush = False
     writethrough = True
     discard_unmap = True
@@ -979,8 +1012,7 @@ async def open_f(io: QemuIo, argv: list[str]) -> int:
         elif c == "s":
             snapshot = True
         elif c == "C":
-            io.error_report(f"option -{c} is not supported by blockd-io")
-            return -errno.ENOTSUP
+            copy_on_read = True
     if len(args) == 1:
         filename = args[0]
     elif len(args) == 0 and options:
@@ -989,7 +1021,7 @@ async def open_f(io: QemuIo, argv: list[str]) -> int:
         return io.usage("open")
     fmt = options.pop("driver", None)
     params = OpenParams(filename, fmt, read_only, direct, no_flush, writethrough,
-                        discard_unmap, force_share, aio, options, snapshot)
+                        discard_unmap, force_share, aio, options, snapshot, copy_on_read)
     if io.blk is not None:
         io.error_report("file open already, try 'help close'")
         return -errno.EBUSY
