@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from blockd.qmp.errors import GenericError
 
+from .bitmaps import bitmaps_ext, parse_directory
 from .cluster import (
     L1E_OFFSET_MASK,
     L2E_OFFSET_MASK,
@@ -25,7 +26,7 @@ from .cluster import (
     ClusterType,
     cluster_type,
 )
-from .header import AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY
+from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from .refcount import REFT_OFFSET_MASK, set_entry
 
 if TYPE_CHECKING:
@@ -163,35 +164,25 @@ async def _check_l1(
 
 async def _count_bitmaps(drv: Qcow2Driver, cnt: _Counter, res: Qcow2CheckResult) -> None:
     """References held by persistent dirty bitmaps (directory, tables, data)."""
-    hdr = drv.header
-    if hdr.bitmaps_ext is None or not hdr.autoclear_features & AUTOCLEAR_BITMAPS:
+    ext = bitmaps_ext(drv.header)
+    if ext is None:
         return
-    if len(hdr.bitmaps_ext) < 24:
-        return
-    nb, _reserved, dir_size, dir_off = struct.unpack_from(">IIQQ", hdr.bitmaps_ext)
-    cnt.inc(dir_off, dir_size)
+    cnt.inc(ext.directory_offset, ext.directory_size)
     try:
-        directory = await drv._pread(dir_off, dir_size)
+        directory = await drv._pread(ext.directory_offset, ext.directory_size)
     except OSError:
         res.check_errors += 1
         return
-    pos = 0
-    for _ in range(nb):
-        if pos + 24 > len(directory):
-            break
-        table_off, table_size, _flags, _type, _gran, name_len, extra_len = struct.unpack_from(
-            ">QIIBBHI", directory, pos
-        )
-        pos = (pos + 24 + extra_len + name_len + 7) & ~7
-        cnt.inc(table_off, table_size * 8)
-        if not table_size:
+    for bm in parse_directory(directory, ext.count):
+        cnt.inc(bm.table_offset, bm.table_size * 8)
+        if not bm.table_size:
             continue
         try:
-            table = await drv._pread(table_off, table_size * 8)
+            table = await drv._pread(bm.table_offset, bm.table_size * 8)
         except OSError:
             res.check_errors += 1
             continue
-        for e in struct.unpack(f">{table_size}Q", table):
+        for e in struct.unpack(f">{bm.table_size}Q", table):
             data = e & L2E_OFFSET_MASK
             if data:
                 cnt.inc(data, drv.cluster_size)

@@ -37,6 +37,7 @@ from blockd.drivers.base import (
 from blockd.qmp.errors import GenericError
 
 from . import header as H
+from .bitmaps import MAX_DIRECTORY_SIZE, bitmaps_ext, parse_directory
 from .cache import CacheConfig, TableCache
 from .cluster import (
     L1E_OFFSET_MASK,
@@ -384,30 +385,11 @@ class Qcow2Driver(BlockDriver):
 
     async def _read_bitmap_directory(self) -> list[dict[str, Any]]:
         """Persistent dirty bitmaps as ImageInfoSpecificQCow2 lists them."""
-        hdr = self.header
-        ext = hdr.bitmaps_ext
-        if ext is None or not hdr.autoclear_features & H.AUTOCLEAR_BITMAPS or len(ext) < 24:
+        ext = bitmaps_ext(self.header)
+        if ext is None or ext.directory_size > MAX_DIRECTORY_SIZE:
             return []
-        nb, _res, dir_size, dir_off = struct.unpack_from(">IIQQ", ext)
-        if dir_size > (64 << 20):
-            return []
-        raw = await self._pread(dir_off, dir_size)
-        out: list[dict[str, Any]] = []
-        pos = 0
-        for _ in range(nb):
-            if pos + 24 > len(raw):
-                break
-            _t, _ts, flags, _type, gran, name_len, extra = struct.unpack_from(">QIIBBHI", raw, pos)
-            name_at = pos + 24 + extra
-            name = raw[name_at : name_at + name_len].decode("utf-8", "replace")
-            names = []
-            if flags & 1:
-                names.append("in-use")
-            if flags & 2:
-                names.append("auto")
-            out.append({"flags": names, "name": name, "granularity": 1 << gran})
-            pos = (name_at + name_len + 7) & ~7
-        return out
+        raw = await self._pread(ext.directory_offset, ext.directory_size)
+        return [b.info() for b in parse_directory(raw, ext.count)]
 
     def _validate_table(
         self, offset: int, entries: int, entry_len: int, max_bytes: int, name: str
