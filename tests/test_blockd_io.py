@@ -165,10 +165,12 @@ QCOW2_SCRIPT = cmds(
 )
 
 
-def test_qcow2_script_matches_qemu_io(tmp_path: Path, qemu_io: str, qemu_img: str) -> None:
+@pytest.mark.parametrize("cache", ["writethrough", "none"])
+def test_qcow2_script_matches_qemu_io(tmp_path: Path, qemu_io: str, qemu_img: str,
+                                      cache: str) -> None:
     q, b = twin_images(tmp_path, qemu_img, "qcow2", "4M")
-    out_q = run(qemu_io, ["-f", "qcow2", *QCOW2_SCRIPT, q])
-    out_b = run(BLOCKD_IO, ["-f", "qcow2", *QCOW2_SCRIPT, b])
+    out_q = run(qemu_io, ["-t", cache, "-f", "qcow2", *QCOW2_SCRIPT, q])
+    out_b = run(BLOCKD_IO, ["-t", cache, "-f", "qcow2", *QCOW2_SCRIPT, b])
     assert out_b == out_q
     r = subprocess.run([qemu_img, "compare", q, b], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
