@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from blockd.io.executor import io_pool
 from blockd.qmp.errors import GenericError
 
 T = TypeVar("T")
@@ -209,8 +210,6 @@ async def run_io(fn: Callable[..., T], *args: Any) -> T:
     Uses blockd.io's lean pool (one queue hand-off, direct future completion);
     :func:`io_executor` remains for code that needs a concurrent.futures executor.
     """
-    from blockd.io.executor import io_pool
-
     return await io_pool().run(fn, *args)
 
 
