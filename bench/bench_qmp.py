@@ -12,13 +12,18 @@ shared machine hits both alike.  Measured for each:
 * idle RSS (``VmRSS`` of /proc/PID/status; for blockd the Python process) after
   start-up and negotiation, and again after the load (informational);
 * start to greeting: spawn, connect as soon as the socket exists, time until the
-  greeting line has arrived (median of ``--starts`` runs).
+  greeting line has arrived (median of ``--starts`` runs, after one untimed start).
+
+blockd runs with its bytecode cached (``PYTHONPYCACHEPREFIX`` in the bench's
+temporary directory, ``PYTHONDONTWRITEBYTECODE`` cleared), as an installed package
+would; ``--no-bytecode-cache`` keeps the caller's environment instead (with
+``PYTHONDONTWRITEBYTECODE=1`` every start recompiles blockd's modules).
 
 Goals (PASS/FAIL): blockd p50 and p99 <= 0.7x QSD's, idle RSS <= 40 MiB, start
 to greeting <= 300 ms.  Not part of the test suite; exits 1 when a goal fails.
 
     python bench/bench_qmp.py [--requests 20000] [--warmup 2000] [--batch 100]
-                              [--starts 10] [--blockd-arg ARG ...]
+                              [--starts 10] [--blockd-arg ARG ...] [--no-bytecode-cache]
 """
 
 from __future__ import annotations
@@ -111,18 +116,19 @@ class Daemon:
     name: str
     argv: list[str]
     workdir: Path
+    env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     sock: str = ""
 
-    def start(self) -> float:
-        """Spawn; returns seconds from spawn to the greeting line (then disconnects)."""
+    def start(self) -> tuple[float, float]:
+        """Spawn; (seconds from spawn to the greeting line, daemon CPU seconds by then)."""
         self.sock = str(self.workdir / "m0.sock")
         if os.path.exists(self.sock):
             os.unlink(self.sock)
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [*self.argv, *monitor_args(self.sock)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.workdir,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.workdir, env=self.env,
         )
         deadline = t0 + 30
         while True:
@@ -142,12 +148,13 @@ class Daemon:
                 time.sleep(0.0005)
         try:
             greeting = peer.line()
+            elapsed = time.perf_counter() - t0
+            cpu = self.cpu_ns() / 1e9
         finally:
             peer.close()
-        elapsed = time.perf_counter() - t0
         if not greeting.startswith(b'{"QMP": '):
             raise RuntimeError(f"{self.name}: bad greeting {greeting!r}")
-        return elapsed
+        return elapsed, cpu
 
     def stop(self) -> None:
         if self.proc is None:
@@ -162,6 +169,19 @@ class Daemon:
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+
+    def cpu_ns(self) -> int:
+        """CPU time the daemon has used so far, all live threads (schedstat, ns)."""
+        assert self.proc is not None
+        total = 0
+        task_dir = f"/proc/{self.proc.pid}/task"
+        for tid in os.listdir(task_dir):
+            try:
+                with open(f"{task_dir}/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except FileNotFoundError:  # thread ended meanwhile
+                pass
+        return total
 
     def rss(self) -> int:
         """Resident set size in bytes (VmRSS)."""
@@ -181,6 +201,9 @@ class Figures:
     idle_rss: int = 0
     loaded_rss: int = 0
     starts: list[float] = field(default_factory=list)
+    start_cpu: list[float] = field(default_factory=list)
+    seq_cpu_us: float = 0.0  # daemon CPU per request, sequential
+    pipe_cpu_us: float = 0.0  # daemon CPU per request, pipelined
 
     def pct(self, q: float) -> float:
         """Percentile ``q`` (0..100) of the round trips, in microseconds."""
@@ -237,9 +260,14 @@ def measure_load(d: Daemon, fig: Figures, args: argparse.Namespace) -> None:
         time.sleep(0.2)  # let start-up garbage settle before reading RSS
         fig.idle_rss = d.rss()
         latency(peer, args.warmup, 1_000_000)
+        cpu0 = d.cpu_ns()
         fig.samples_ns, total = latency(peer, args.requests, 0)
+        cpu1 = d.cpu_ns()
         fig.seq_per_s = args.requests / total
         fig.pipe_per_s = pipelined(peer, args.requests, args.batch)
+        cpu2 = d.cpu_ns()
+        fig.seq_cpu_us = (cpu1 - cpu0) / args.requests / 1000
+        fig.pipe_cpu_us = (cpu2 - cpu1) / (args.requests // args.batch * args.batch) / 1000
         fig.loaded_rss = d.rss()
     finally:
         peer.close()
@@ -247,7 +275,7 @@ def measure_load(d: Daemon, fig: Figures, args: argparse.Namespace) -> None:
 
 def fmt_row(label: str, b: float, q: float, unit: str, verdict: str) -> str:
     ratio = b / q if q else float("inf")
-    return f"{label:<28} {b:>12.1f} {q:>12.1f} {ratio:>8.2f}  {unit:<6} {verdict}"
+    return f"{label:<30} {b:>12.1f} {q:>12.1f} {ratio:>8.2f}  {unit:<6} {verdict}"
 
 
 def verdict(ok: bool | None) -> str:
@@ -262,23 +290,35 @@ def main() -> int:
     ap.add_argument("--starts", type=int, default=10)
     ap.add_argument("--blockd-arg", action="append", default=[],
                     help="extra argument for blockd's command line (repeatable)")
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="run blockd with the caller's environment (no private .pyc cache)")
     args = ap.parse_args()
     if shutil.which(QSD[0]) is None:
         sys.exit("qemu-storage-daemon is not installed")
 
     root = Path(tempfile.mkdtemp(prefix="bench_qmp."))
+    env: dict[str, str] | None = None
+    if not args.no_bytecode_cache:
+        env = dict(os.environ, PYTHONPYCACHEPREFIX=str(root / "pycache"))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     daemons = {
-        "blockd": Daemon("blockd", [*BLOCKD, *args.blockd_arg], root / "blockd"),
+        "blockd": Daemon("blockd", [*BLOCKD, *args.blockd_arg], root / "blockd", env),
         "qsd": Daemon("qsd", QSD, root / "qsd"),
     }
     figs = {name: Figures() for name in daemons}
     try:
         for d in daemons.values():
             d.workdir.mkdir()
-        # Start-up: alternate the two so both see the same machine load.
+        # Start-up: one untimed start each (bytecode, page cache), then alternate
+        # the two so both see the same machine load.
+        for d in daemons.values():
+            d.start()
+            d.stop()
         for _ in range(args.starts):
             for name, d in daemons.items():
-                figs[name].starts.append(d.start())
+                elapsed, cpu = d.start()
+                figs[name].starts.append(elapsed)
+                figs[name].start_cpu.append(cpu)
                 d.stop()
         # Load: both daemons up side by side, measured one after the other.
         for d in daemons.values():
@@ -297,16 +337,21 @@ def main() -> int:
         ("query-version mean", lambda f: statistics.fmean(f.samples_ns) / 1000, "us",
          lambda x, y: None),
         ("sequential commands/s", lambda f: f.seq_per_s, "1/s", lambda x, y: None),
+        ("daemon CPU/request, seq.", lambda f: f.seq_cpu_us, "us", lambda x, y: None),
         (f"pipelined x{args.batch} commands/s", lambda f: f.pipe_per_s, "1/s",
          lambda x, y: None),
+        ("daemon CPU/request, pipel.", lambda f: f.pipe_cpu_us, "us", lambda x, y: None),
         ("idle RSS", lambda f: f.idle_rss / MIB, "MiB", lambda x, y: x * MIB <= RSS_GOAL),
         ("RSS after load", lambda f: f.loaded_rss / MIB, "MiB", lambda x, y: None),
         ("start to greeting (median)", lambda f: statistics.median(f.starts) * 1000, "ms",
          lambda x, y: x <= START_GOAL * 1000),
+        ("daemon CPU to greeting (med.)", lambda f: statistics.median(f.start_cpu) * 1000, "ms",
+         lambda x, y: None),
     ]
     print(f"{args.requests} sequential requests after {args.warmup} warm-up, "
-          f"{args.batch}/write pipelined, {args.starts} starts")
-    print(f"{'':<28} {'blockd':>12} {'qsd':>12} {'ratio':>8}  {'unit':<6} goal")
+          f"{args.batch}/write pipelined, {args.starts} starts, blockd bytecode "
+          f"{'as the environment has it' if args.no_bytecode_cache else 'cached'}")
+    print(f"{'':<30} {'blockd':>12} {'qsd':>12} {'ratio':>8}  {'unit':<6} goal")
     failed = False
     for label, get, unit, goal in rows:
         bv, qv = get(b), get(q)
@@ -314,6 +359,8 @@ def main() -> int:
         failed |= ok is False
         print(fmt_row(label, bv, qv, unit, verdict(ok)))
     print("goals: p50/p99 <= 0.7x QSD, idle RSS <= 40 MiB, start to greeting <= 300 ms")
+    print(f"machine load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
+          "(wall-clock figures are only comparable on a quiet machine; CPU figures less affected)")
     return 1 if failed else 0
 
 
