@@ -414,14 +414,20 @@ def image_nodes(top: BlockDriver) -> list[BlockDriver]:
 
 async def close_image(drv: BlockDriver) -> None:
     """Close the whole chain: formats before their files, overlay before backing."""
+    first_error: BaseException | None = None
     node: BlockDriver | None = drv
     while node is not None:
-        try:
-            await node.close()
-        finally:
-            if node.file is not None:
-                await node.file.close()
+        # Close everything even if one node fails; report the first failure.
+        for part in (node, node.file):
+            if part is None:
+                continue
+            try:
+                await part.close()
+            except Exception as e:
+                first_error = first_error or e
         node = node.backing
+    if first_error is not None:
+        raise first_error
 
 
 def request_perms(top: BlockDriver, *, write: bool = False, resize: bool = False) -> None:
