@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -130,7 +131,8 @@ qmp_requests = plausible_requests | random_requests | random_requests
 
 # Anything json.dumps produces is one QEMU JSON value (control characters are
 # always escaped); ensure_ascii=False also sends raw UTF-8.
-inputs = st.tuples(qmp_requests | json_values, st.booleans())
+# (value, ensure_ascii, split): split > 0 sends the first ``split`` bytes alone.
+inputs = st.tuples(qmp_requests | json_values, st.booleans(), st.integers(0, 40))
 
 
 def _canon(value: Any) -> Any:
@@ -231,14 +233,19 @@ def assert_healthy(daemon: DaemonProcess, path: str) -> None:
     HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(inputs)
 def test_random_json_values_get_one_valid_reply(
-    daemon: DaemonProcess, session: RawClient, case: tuple[Any, bool]
+    daemon: DaemonProcess, session: RawClient, case: tuple[Any, bool, int]
 ) -> None:
-    value, ensure_ascii = case
+    value, ensure_ascii, split = case
     data = json.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
     note(repr(data))
     # A bare number needs a delimiter to end its token.  The sync request that
     # follows is answered after the value's reply; its id is one no example makes.
     sync = f"sync-{uuid.uuid4()}"
+    if 0 < split < len(data):
+        # A value cut in two writes (the daemon usually reads the halves apart).
+        session.send(data[:split])
+        time.sleep(0.001)
+        data = data[split:]
     session.send(data + b'\n{"execute":"query-version","id":"%s"}\n' % sync.encode())
     replies = []
     while True:
