@@ -343,3 +343,57 @@ async def test_structural_damage_messages_match_qemu(
         assert again.messages == rest
     else:
         assert rest == []
+
+
+@pytest.mark.parametrize(
+    "target,kind",
+    [
+        (0x10000, "refcount table"),
+        (0x20000, "refcount block"),
+        (0x30000, "active L1 table"),
+        (0x40000, "active L2 table"),
+    ],
+)
+async def test_overlap_check_prevents_metadata_overwrite(
+    tmp_path: Path,
+    qemu_img: str,
+    qemu_io: str,
+    capfd: pytest.CaptureFixture[str],
+    target: int,
+    kind: str,
+) -> None:
+    """A data cluster entry pointing at metadata: the write fails, the image is
+    marked corrupt and the metadata stays intact, as with QEMU."""
+    img = await _image_with_data(tmp_path, qemu_img, qemu_io)
+    _poke(img, 0x40008, struct.pack(">Q", (1 << 63) | target))
+    ref = tmp_path / "ref.qcow2"
+    ref.write_bytes(img.read_bytes())
+    qemu = run(qemu_io, "-f", "qcow2", "-c", "write -P 9 65536 4096", str(ref), check=False)
+    meta_before = img.read_bytes()[target : target + 65536]
+    drv = await open_rw(img)
+    try:
+        with pytest.raises(OSError):
+            await drv.write(65536, b"\x09" * 4096)
+        assert drv.corrupt
+    finally:
+        await close(drv)
+    assert img.read_bytes()[target : target + 65536] == meta_before
+    expected = (
+        f"qcow2: Marking image as corrupt: Preventing invalid write on metadata "
+        f"(overlaps with {kind}); further corruption events will be suppressed"
+    )
+    assert expected in qemu.stderr
+    assert expected in capfd.readouterr().err
+    assert img.read_bytes()[:512] == ref.read_bytes()[:512]
+
+
+async def test_overlap_check_none_allows_it(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
+    img = await _image_with_data(tmp_path, qemu_img, qemu_io)
+    _poke(img, 0x40008, struct.pack(">Q", (1 << 63) | 0x30000))
+    drv = await open_rw(img, options={"overlap-check": "none"})
+    try:
+        await drv.write(65536, b"\x09" * 8)
+        assert not drv.corrupt
+    finally:
+        await close(drv)
+    assert img.read_bytes()[0x30000:0x30008] == b"\x09" * 8

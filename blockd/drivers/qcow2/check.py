@@ -360,6 +360,7 @@ async def _rebuild(drv: Qcow2Driver, cnt: _Counter) -> None:
     await drv._f.flush()
     rc.table = table
     rc.table_offset = table_off << drv.cluster_bits
+    drv._metadata_changed()
     rc.cache.clear()
     rc.free_cluster_index = 0
 
@@ -443,6 +444,7 @@ async def _check_copied(drv: Qcow2Driver, res: Qcow2CheckResult, fix: bool) -> N
             if fix:
                 new = l1e | OFLAG_COPIED if refcount == 1 else l1e & ~OFLAG_COPIED
                 drv.l1[i] = new
+                drv._metadata_changed()
                 await drv._pwrite(drv.l1_offset + i * 8, struct.pack(">Q", new))
                 res.corruptions_fixed += 1
             else:

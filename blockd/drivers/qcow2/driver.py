@@ -55,9 +55,10 @@ from .options import (
     DISCARD_NEVER,
     DISCARD_OTHER,
     DISCARD_REQUEST,
+    OVERLAP_KINDS,
     parse_runtime_options,
 )
-from .refcount import Refcounts
+from .refcount import REFT_OFFSET_MASK, Refcounts
 from .snapshot import (
     MAX_SNAPSHOTS,
     SNAPSHOT_HEADER,
@@ -166,6 +167,9 @@ class Qcow2Driver(BlockDriver):
         self._opened = False
         self.bitmaps: list[dict[str, Any]] = []
         self._metadata_prealloc: bool | None = None
+        self.overlap_checks: frozenset[str] = frozenset()
+        # Host cluster -> metadata kind, rebuilt when the metadata layout changes.
+        self._metadata_map: dict[int, str] | None = None
         # Hook for the graph engine (BLOCK_IMAGE_CORRUPTED): (message, fatal).
         self.on_corruption: Callable[[str, bool], None] | None = None
 
@@ -334,6 +338,7 @@ class Qcow2Driver(BlockDriver):
         self.l2cache = TableCache(
             self.cache_config.l2_cache_entries, self.cache_config.l2_cache_entry_size, self._pread
         )
+        self.rc.on_change = self._metadata_changed
         self.slice_entries = self.cache_config.l2_cache_entry_size // 8
         self.free_byte_offset = 0
         # Clusters reserved per refcount update (see _alloc): ~32 MiB of data.
@@ -406,6 +411,8 @@ class Qcow2Driver(BlockDriver):
         self.cache_config = rt.cache
         self.use_lazy_refcounts = rt.lazy_refcounts
         self.discard_passthrough = dict(rt.discard_passthrough)
+        self.overlap_checks = rt.overlap_checks
+        self._metadata_map = None
 
     async def reopen(self, options: dict[str, Any], flags: OpenFlags) -> None:
         """Apply changed runtime options (cache sizes, discard, lazy refcounts)."""
@@ -508,6 +515,68 @@ class Qcow2Driver(BlockDriver):
         """(L1 index, L2 index) of a guest offset."""
         cluster = offset >> self.cluster_bits
         return cluster >> self.l2_bits, cluster & (self.l2_size - 1)
+
+    async def _check_overlap(self, host: int, length: int) -> None:
+        """qcow2_pre_write_overlap_check() for guest data about to be written:
+        a corrupted table must never make blockd overwrite metadata."""
+        if not self.overlap_checks or length <= 0:
+            return
+        if host < self.cluster_size and "qcow2_header" in self.overlap_checks:
+            await self._signal_corruption(
+                "Preventing invalid write on metadata (overlaps with qcow2_header)"
+            )
+        meta = self._metadata_map
+        if meta is None:
+            meta = self._metadata_map = await self._build_metadata_map()
+        first = host >> self.cluster_bits
+        last = (host + length - 1) >> self.cluster_bits
+        if last - first < len(meta):
+            hits = [meta[c] for c in range(first, last + 1) if c in meta]
+        else:
+            hits = [k for c, k in meta.items() if first <= c <= last]
+        if hits:
+            order = [k for k, _ in OVERLAP_KINDS]
+            kind = min(hits, key=order.index)
+            await self._signal_corruption(
+                f"Preventing invalid write on metadata (overlaps with {kind})"
+            )
+
+    async def _build_metadata_map(self) -> dict[int, str]:
+        cb = self.cluster_bits
+        cs = self.cluster_size
+        meta: dict[int, str] = {}
+        want = self.overlap_checks
+
+        def add(offset: int, length: int, kind: str) -> None:
+            if kind not in want or length <= 0:
+                return
+            for c in range(offset >> cb, ((offset + length - 1) >> cb) + 1):
+                meta.setdefault(c, kind)
+
+        add(self.l1_offset, len(self.l1) * 8, "active L1 table")
+        for e in self.l1:
+            if e & L1E_OFFSET_MASK:
+                add(e & L1E_OFFSET_MASK, cs, "active L2 table")
+        add(self.rc.table_offset, len(self.rc.table) * 8, "refcount table")
+        for e in self.rc.table:
+            if e & REFT_OFFSET_MASK:
+                add(e & REFT_OFFSET_MASK, cs, "refcount block")
+        if self.snapshots:
+            add(self.header.snapshots_offset, self.snapshots_size, "snapshot table")
+        for sn in self.snapshots:
+            add(sn.l1_table_offset, sn.l1_size * 8, "inactive L1 table")
+            if "inactive L2 table" in want and sn.l1_size:
+                raw = await self._pread(sn.l1_table_offset, sn.l1_size * 8)
+                for e in struct.unpack(f">{sn.l1_size}Q", raw):
+                    if e & L1E_OFFSET_MASK:
+                        add(e & L1E_OFFSET_MASK, cs, "inactive L2 table")
+        ext = bitmaps_ext(self.header)
+        if ext is not None:
+            add(ext.directory_offset, ext.directory_size, "bitmap directory")
+        return meta
+
+    def _metadata_changed(self) -> None:
+        self._metadata_map = None
 
     async def _check_host_range(self, host: int, length: int, what: str) -> None:
         if host + length > self._file_len:
@@ -707,6 +776,7 @@ class Qcow2Driver(BlockDriver):
         self._rc_dirty = False
         await self._barrier()
         self.l1[l1_idx] = new | OFLAG_COPIED
+        self._metadata_changed()
         await self._pwrite(self.l1_offset + l1_idx * 8, struct.pack(">Q", self.l1[l1_idx]))
         if old:
             self.l2cache.drop_range(old, self.cluster_size)
@@ -834,6 +904,7 @@ class Qcow2Driver(BlockDriver):
                 pos += run
                 continue
             try:
+                await self._check_overlap(head.host, run)
                 await self._f.write(head.host, mv[pos - offset : pos - offset + run])
                 if head.host + run > self._file_len:
                     self._file_len = head.host + run
@@ -872,6 +943,7 @@ class Qcow2Driver(BlockDriver):
         host = ext.host - (offset - first)
         buf = bytearray(n * cs)
         buf[offset - first : offset - first + len(data)] = data
+        await self._check_overlap(host, len(buf))
         await self._pwrite(host, buf)
         await self._set_entries(first, [(host + i * cs) | OFLAG_COPIED for i in range(n)])
 
@@ -920,6 +992,7 @@ class Qcow2Driver(BlockDriver):
                     plan.c1 << self.cluster_bits, plan.old[-1]
                 )
             buf[head : head + len(data)] = data
+            await self._check_overlap(plan.host, len(buf))
             await self._pwrite(plan.host, buf)
             ok = True
         finally:
@@ -964,6 +1037,7 @@ class Qcow2Driver(BlockDriver):
                 if entry & ~OFLAG_ZERO & ~OFLAG_COPIED or entry & L2E_OFFSET_MASK:
                     raise _eio()
                 host = await self._alloc_bytes(len(packed))
+                await self._check_overlap(host, len(packed))
                 await self._pwrite(host, packed)
                 await self._dependency_barrier()
                 await self._set_entries(guest, [self.cgeo.encode(host, len(packed))])
@@ -1269,6 +1343,7 @@ class Qcow2Driver(BlockDriver):
             self._header_write = False
         self.l1 = new_l1
         self.l1_offset = new_off
+        self._metadata_changed()
         if old_len:
             await self._free(old_off, old_len, DISCARD_OTHER)
 
@@ -1292,6 +1367,7 @@ class Qcow2Driver(BlockDriver):
             l2 = self.l1[i] & L1E_OFFSET_MASK
             if l2:
                 self.l1[i] = 0
+                self._metadata_changed()
                 await self._pwrite(self.l1_offset + i * 8, bytes(8))
                 self.l2cache.drop_range(l2, cs)
                 await self._free(l2, cs, DISCARD_ALWAYS)

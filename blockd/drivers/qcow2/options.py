@@ -30,6 +30,8 @@ class RuntimeOptions:
     lazy_refcounts: bool
     # Which kinds of freed clusters are discarded in the file too.
     discard_passthrough: dict[str, bool]
+    # Metadata kinds data writes are checked against (overlap-check).
+    overlap_checks: frozenset[str]
 
 
 def _bool(options: dict[str, Any], key: str, default: bool) -> bool:
@@ -76,4 +78,48 @@ def parse_runtime_options(
         raise GenericError(
             f"No encryption in image header, but options specified format '{enc['format']}'"
         )
-    return RuntimeOptions(cache, lazy, passthrough)
+    return RuntimeOptions(cache, lazy, passthrough, _overlap_checks(options, ov or "cached"))
+
+
+# QCOW2_OL_* in bit order (the lowest set bit names an overlap) and the option
+# that switches each one on or off.
+OVERLAP_KINDS: tuple[tuple[str, str], ...] = (
+    ("qcow2_header", "main-header"),
+    ("active L1 table", "active-l1"),
+    ("active L2 table", "active-l2"),
+    ("refcount table", "refcount-table"),
+    ("refcount block", "refcount-block"),
+    ("snapshot table", "snapshot-table"),
+    ("inactive L1 table", "inactive-l1"),
+    ("inactive L2 table", "inactive-l2"),
+    ("bitmap directory", "bitmap-directory"),
+)
+_CONSTANT = {
+    "qcow2_header",
+    "active L1 table",
+    "refcount table",
+    "snapshot table",
+    "bitmap directory",
+}
+_CACHED = _CONSTANT | {"active L2 table", "refcount block", "inactive L1 table"}
+_TEMPLATES = {
+    "none": set(),
+    "constant": _CONSTANT,
+    "cached": _CACHED,
+    "all": _CACHED | {"inactive L2 table"},
+}
+
+
+def _overlap_checks(options: dict[str, Any], template: str) -> frozenset[str]:
+    """The template's checks, each overridable by overlap-check.<name>."""
+    enabled = set(_TEMPLATES[template])
+    nested = options.get("overlap-check")
+    for kind, opt in OVERLAP_KINDS:
+        val = nested.get(opt) if isinstance(nested, dict) else None
+        if val is None:
+            val = options.get(f"overlap-check.{opt}")
+        if val is not None and _bool({opt: val}, opt, False):
+            enabled.add(kind)
+        elif val is not None:
+            enabled.discard(kind)
+    return frozenset(enabled)

@@ -121,6 +121,12 @@ class Refcounts:
         self.free_cluster_index = 0
         # Host clusters freed whose discard the caller may want to pass down.
         self.freed: list[tuple[int, int]] = []
+        # Called whenever the refcount table or its blocks move or appear.
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     @property
     def table_clusters(self) -> int:
@@ -267,6 +273,7 @@ class Refcounts:
             self.cache.put(block_off, block)
             await self._barrier()
             self.table[rt] = block_off
+            self._changed()
             await self._write(self.table_offset + rt * 8, struct.pack(">Q", block_off))
             await self._barrier()
 
@@ -309,6 +316,7 @@ class Refcounts:
         await self._barrier()
         self.table_offset = table_off
         self.table = new_table
+        self._changed()
         # The old table is unreferenced now: give its clusters back.
         await self.update(old_off, old_clusters << self.cluster_bits, -1)
 
@@ -362,6 +370,7 @@ class Refcounts:
         await self._barrier()
         self.table_offset = table_off
         self.table = new_table
+        self._changed()
         await self.update(old_off, old_clusters << self.cluster_bits, -1)
         return area_end
 
