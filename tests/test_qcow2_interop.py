@@ -407,6 +407,21 @@ async def test_bitmaps_recognised(tmp_path: Path, qemu_img: str, qemu_io: str) -
     info = json.loads(run(qemu_img, "info", "--output=json", str(img)).stdout)
     names = [b["name"] for b in info["format-specific"]["data"]["bitmaps"]]
     assert names == ["b1", "b2"]
+    # Opened read/write but not changed: still valid.
+    drv = await open_rw(img)
+    await close(drv)
+    info = json.loads(run(qemu_img, "info", "--output=json", str(img)).stdout)
+    assert "bitmaps" in info["format-specific"]["data"]
+    # Changed by blockd, which does not track bitmaps: QEMU must see them stale
+    # (autoclear bit cleared); their clusters become leaks, no corruption.
+    drv = await open_rw(img)
+    try:
+        await drv.write(0, b"x")
+    finally:
+        await close(drv)
+    info = json.loads(run(qemu_img, "info", "--output=json", str(img)).stdout)
+    assert "bitmaps" not in info["format-specific"]["data"]
+    assert_clean(qemu_img, img, leaks_ok=True)
 
 
 @pytest.mark.parametrize("backing", [False, True])

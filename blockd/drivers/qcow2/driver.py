@@ -363,30 +363,43 @@ class Qcow2Driver(BlockDriver):
                     raise
 
         self.bitmaps = await self._read_bitmap_directory()
-        update = False
-        if hdr.autoclear_features & ~H.AUTOCLEAR_MASK and not self.read_only:
-            hdr.autoclear_features &= H.AUTOCLEAR_MASK
-            update = True
-        if hdr.autoclear_features & H.AUTOCLEAR_BITMAPS and not self.read_only:
-            # blockd does not maintain persistent bitmaps: clear the autoclear bit so
-            # QEMU knows they went stale (the purpose of autoclear bits).
-            hdr.autoclear_features &= ~H.AUTOCLEAR_BITMAPS
-            update = True
-        if update:
-            await self._write_header()
-            await self._f.flush()
-
-        if not check_mode and not self.read_only and self.dirty:
-            from .check import check_image
-
-            res = await check_image(self, "all")
-            if res.check_errors:
-                raise GenericError("Could not repair dirty image: Input/output error")
+        if not self.read_only:
+            await self._become_writable(check_mode)
         self._opened = True
         if self.cache_config.cache_clean_interval > 0:
             self._clean_task = asyncio.get_running_loop().create_task(
                 self._cache_cleaner(self.cache_config.cache_clean_interval)
             )
+
+    async def _become_writable(self, check_mode: bool) -> None:
+        """What QEMU does when it gets write access: drop unknown autoclear bits,
+        repair a dirty (lazy refcounts) image."""
+        hdr = self.header
+        if hdr.autoclear_features & ~H.AUTOCLEAR_MASK:
+            hdr.autoclear_features &= H.AUTOCLEAR_MASK
+            await self._write_header()
+            await self._f.flush()
+        if not check_mode and self.dirty:
+            from .check import check_image
+
+            res = await check_image(self, "all")
+            if res.check_errors:
+                raise GenericError("Could not repair dirty image: Input/output error")
+
+    async def _before_modify(self) -> None:
+        """First change to the image: persistent bitmaps stop being maintained.
+
+        blockd does not update dirty bitmaps, so it clears their autoclear bit
+        (the spec's way to tell QEMU they went stale) before the first change,
+        not at open: an image only read keeps valid bitmaps.
+        """
+        if self.header.autoclear_features & H.AUTOCLEAR_BITMAPS:
+            async with self._lock:
+                if self.header.autoclear_features & H.AUTOCLEAR_BITMAPS:
+                    self.header.autoclear_features &= ~H.AUTOCLEAR_BITMAPS
+                    await self._write_header()
+                    await self._f.flush()
+                    self._metadata_changed()
 
     async def _read_bitmap_directory(self) -> list[dict[str, Any]]:
         """Persistent dirty bitmaps as ImageInfoSpecificQCow2 lists them."""
@@ -436,6 +449,13 @@ class Qcow2Driver(BlockDriver):
                     self._clean_task = asyncio.get_running_loop().create_task(
                         self._cache_cleaner(cfg.cache_clean_interval)
                     )
+            if not flags.read_only and self.read_only:
+                self.read_only = False
+                try:
+                    await self._become_writable(False)
+                except BaseException:
+                    self.read_only = True
+                    raise
             if flags.read_only and not self.read_only:
                 await self._process_frees()
                 await self._release_pool()
@@ -853,6 +873,7 @@ class Qcow2Driver(BlockDriver):
         fua: bool = False,
     ) -> None:
         self._check_writable()
+        await self._before_modify()
         mv = memoryview(data).cast("B")
         if not len(mv):
             return
@@ -1075,6 +1096,7 @@ class Qcow2Driver(BlockDriver):
             return
         if offset < 0 or offset + length > self.size:
             raise _eio()
+        await self._before_modify()
         cs = self.cluster_size
         end = offset + length
         pos = offset
@@ -1187,6 +1209,7 @@ class Qcow2Driver(BlockDriver):
 
     async def discard(self, offset: int, length: int) -> None:
         self._check_writable()
+        await self._before_modify()
         cs = self.cluster_size
         end = min(offset + length, self.size)
         a = -(-offset // cs) * cs
@@ -1254,6 +1277,8 @@ class Qcow2Driver(BlockDriver):
             raise GenericError(f"Unsupported preallocation mode '{preallocation}'")
         if length & 511:
             raise GenericError("The new size must be a multiple of 512")
+        if not self.read_only:
+            await self._before_modify()
         async with self._locked():
             if self.read_only:
                 raise GenericError("Image is read-only")
