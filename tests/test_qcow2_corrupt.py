@@ -68,6 +68,13 @@ CASES: dict[str, Callable[[Path], None]] = {
     "truncated-50": lambda p: p.write_bytes(p.read_bytes()[:50]),
     "empty": lambda p: p.write_bytes(b""),
     "corrupt-bit": lambda p: _poke(p, 72, struct.pack(">Q", 2)),
+    # The feature table extension claims more bytes than the cluster holds.
+    "extension-too-large": lambda p: _poke(p, 116, struct.pack(">I", 0x10000)),
+    # ... and both a damaged extension and a too-small L1: the L1 error comes first.
+    "extension-and-l1": lambda p: (
+        _poke(p, 116, struct.pack(">I", 0x10000)),
+        _poke(p, 36, struct.pack(">I", 0)),
+    )[0],
     "data-file-bit": lambda p: _poke(p, 72, struct.pack(">Q", 4)),
 }
 
@@ -397,3 +404,29 @@ async def test_overlap_check_none_allows_it(tmp_path: Path, qemu_img: str, qemu_
     finally:
         await close(drv)
     assert img.read_bytes()[0x30000:0x30008] == b"\x09" * 8
+
+
+@pytest.mark.parametrize("fmt", ["luks", "aes"])
+async def test_encrypted_image_refused_like_qemu(
+    tmp_path: Path, qemu_img: str, qemu_io: str, fmt: str
+) -> None:
+    img = tmp_path / "e.qcow2"
+    run(
+        qemu_img,
+        "create",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=s0,data=abc",
+        "-o",
+        f"encrypt.format={fmt},encrypt.key-secret=s0",
+        str(img),
+        "1M",
+    )
+    expected = _qemu_open_error(qemu_io, img, read_only=True)
+    before = _digest(img)
+    with pytest.raises(GenericError) as exc:
+        drv = await open_ro(img)
+        await close(drv)
+    assert exc.value.desc == expected
+    assert _digest(img) == before

@@ -277,14 +277,6 @@ class Qcow2Driver(BlockDriver):
         if hdr.incompatible_features & H.INCOMPAT_EXTL2:
             raise GenericError("Unsupported qcow2 feature(s): extended L2 entries")
 
-        if hdr.crypt_method:
-            if hdr.crypt_method == 1:
-                raise GenericError(
-                    "Use of AES-CBC encrypted qcow2 images is no longer supported in "
-                    "system emulators"
-                )
-            raise GenericError("Parameter 'encrypt.key-secret' is required for cipher")
-
         if hdr.refcount_table_clusters == 0 and not check_mode:
             raise GenericError("Image does not contain a reference count table")
         self._validate_table(
@@ -344,10 +336,14 @@ class Qcow2Driver(BlockDriver):
         # Clusters reserved per refcount update (see _alloc): ~32 MiB of data.
         self._pool_chunk = max(16, min(4096, (32 << 20) >> self.cluster_bits))
 
+        if hdr.extension_error is not None:
+            raise GenericError(hdr.extension_error)
         if hdr.incompatible_features & H.INCOMPAT_DATA_FILE:
             raise GenericError("'data-file' is required for this image")
         if hdr.autoclear_features & H.AUTOCLEAR_DATA_FILE_RAW:
             raise GenericError("data-file-raw requires a data file")
+        if hdr.backing_error is not None:
+            raise GenericError(hdr.backing_error)
 
         self.backing_file = hdr.backing_file
         self.backing_format = hdr.backing_format

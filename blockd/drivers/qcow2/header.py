@@ -107,6 +107,9 @@ class Qcow2Header:
     unknown_extensions: list[Extension] = field(default_factory=list)
     # Feature name table found in the image: (type, bit) -> name.
     feature_names: dict[tuple[int, int], str] = field(default_factory=dict)
+    # Errors QEMU reports later in the open sequence than the header checks.
+    extension_error: str | None = None
+    backing_error: str | None = None
 
     @property
     def cluster_size(self) -> int:
@@ -257,14 +260,20 @@ def parse_header(buf: bytes, *, check_mode: bool = False, read_write: bool = Fal
     if hdr.refcount_order > 6:
         raise GenericError("Reference count entry width too large; may not exceed 64 bits")
 
-    _read_extensions(buf, hdr.header_length, ext_end, hdr, strict=True)
+    # QEMU reads the extensions and the backing file name only after it has
+    # validated the tables and the options: keep their errors for the opener.
+    try:
+        _read_extensions(buf, hdr.header_length, ext_end, hdr, strict=True)
+    except GenericError as exc:
+        hdr.extension_error = exc.desc
 
     if backing_file_offset:
         length = backing_file_size
         if length > min(MAX_BACKING_NAME, cluster_size - backing_file_offset):
-            raise GenericError("Backing file name too long")
-        raw = bytes(buf[backing_file_offset : backing_file_offset + length])
-        hdr.backing_file = raw.decode("utf-8", "surrogateescape")
+            hdr.backing_error = "Backing file name too long"
+        else:
+            raw = bytes(buf[backing_file_offset : backing_file_offset + length])
+            hdr.backing_file = raw.decode("utf-8", "surrogateescape")
     return hdr
 
 

@@ -74,10 +74,12 @@ def parse_runtime_options(
         DISCARD_OTHER: _bool(options, "pass-discard-other", False),
     }
     enc = options.get("encrypt")
-    if isinstance(enc, dict) and enc.get("format") and not hdr.crypt_method:
-        raise GenericError(
-            f"No encryption in image header, but options specified format '{enc['format']}'"
-        )
+    fmt = enc.get("format") if isinstance(enc, dict) else options.get("encrypt.format")
+    if fmt and not hdr.crypt_method:
+        raise GenericError(f"No encryption in image header, but options specified format '{fmt}'")
+    if hdr.crypt_method:
+        # blockd has no cipher support: QEMU's answer when no secret is given.
+        raise GenericError("Parameter 'encrypt.key-secret' is required for cipher")
     return RuntimeOptions(cache, lazy, passthrough, _overlap_checks(options, ov or "cached"))
 
 
