@@ -567,3 +567,59 @@ async def test_pass_discard_request(tmp_path: Path, qemu_img: str, passthrough: 
     else:
         assert after == before
     assert_clean(qemu_img, img)
+
+
+@pytest.mark.parametrize(
+    "size,opts,qopts",
+    [
+        (4 << 40, {}, ""),
+        (64 << 40, {}, ""),
+        (
+            100 << 30,
+            {"cluster_size": 4096, "refcount_bits": 1},
+            "cluster_size=4096,refcount_bits=1",
+        ),
+        (20 << 30, {"cluster_size": 512}, "cluster_size=512"),
+    ],
+)
+async def test_create_large_is_byte_identical(
+    tmp_path: Path, qemu_img: str, size: int, opts: dict[str, int], qopts: str
+) -> None:
+    mine, ref = tmp_path / "mine.qcow2", tmp_path / "ref.qcow2"
+    await create(mine, size, **opts)  # type: ignore[arg-type]
+    run(qemu_img, "create", "-f", "qcow2", *(["-o", qopts] if qopts else []), str(ref), str(size))
+    assert mine.read_bytes() == ref.read_bytes()
+
+
+async def test_create_too_large(tmp_path: Path, qemu_img: str) -> None:
+    from blockd.drivers.qcow2 import ImageTooLarge
+
+    img = tmp_path / "t.qcow2"
+    with pytest.raises(ImageTooLarge) as exc:
+        await create(img, 200 << 30, cluster_size=512)
+    assert exc.value.desc == "Could not resize image: Failed to grow the L1 table: File too large"
+    p = run(
+        qemu_img,
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        str(tmp_path / "q.qcow2"),
+        str(200 << 30),
+        check=False,
+    )
+    assert "The image size is too large for file format 'qcow2'" in p.stderr
+
+
+async def test_create_strict_size(tmp_path: Path) -> None:
+    from blockd.qmp.errors import GenericError
+
+    with pytest.raises(GenericError, match="Image size must be a multiple of 512 bytes"):
+        await create(tmp_path / "s.qcow2", 1000, strict_size=True)
+    await create(tmp_path / "r.qcow2", 1000)
+    drv = await open_ro(tmp_path / "r.qcow2")
+    try:
+        assert drv.get_length() == 1024
+    finally:
+        await close(drv)

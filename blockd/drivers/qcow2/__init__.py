@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from .check import Qcow2CheckResult
 from .create import qcow2_create
-from .driver import Qcow2Driver
+from .driver import ImageTooLarge, Qcow2Driver
 
-__all__ = ["Qcow2CheckResult", "Qcow2Driver", "qcow2_create"]
+__all__ = ["ImageTooLarge", "Qcow2CheckResult", "Qcow2Driver", "qcow2_create"]

@@ -78,9 +78,16 @@ async def qcow2_create(
     lazy_refcounts: bool = False,
     preallocation: str = "off",
     refcount_bits: int = 16,
+    strict_size: bool = False,
 ) -> None:
-    """Format an opened, writable, empty protocol node as a qcow2 image of ``size``."""
-    from .driver import Qcow2Driver
+    """Format an opened, writable, empty protocol node as a qcow2 image of ``size``.
+
+    ``strict_size`` is blockdev-create's behaviour (a size that is not a multiple
+    of 512 is an error); qemu-img create rounds it up instead.  A size the L1
+    table cannot map raises ``ImageTooLarge`` (errno EFBIG) with blockdev-create's
+    text "Could not resize image: Failed to grow the L1 table: File too large".
+    """
+    from .driver import ImageTooLarge, Qcow2Driver
 
     version = _validate(
         size,
@@ -92,8 +99,11 @@ async def qcow2_create(
         preallocation,
         refcount_bits,
     )
-    # QEMU works in sectors: the size is rounded up to 512 bytes.
-    size = (size + 511) & ~511
+    if size % 512:
+        if strict_size:
+            raise GenericError("Image size must be a multiple of 512 bytes")
+        # qemu-img create rounds the size up to whole sectors.
+        size = (size + 511) & ~511
     cluster_bits = cluster_size.bit_length() - 1
     order = refcount_bits.bit_length() - 1
 
@@ -120,7 +130,10 @@ async def qcow2_create(
     drv.file = file
     await drv.open({"lazy-refcounts": False}, OpenFlags(read_only=False))
     try:
-        await drv.truncate(size, preallocation=preallocation)
+        try:
+            await drv.truncate(size, preallocation=preallocation)
+        except ImageTooLarge as exc:
+            raise ImageTooLarge(f"Could not resize image: {exc.desc}") from None
         if backing_file:
             await drv.change_backing_file(backing_file, backing_fmt)
         await drv.flush()

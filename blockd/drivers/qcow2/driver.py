@@ -94,6 +94,13 @@ async def _chain_is_zero(node: BlockDriver | None, offset: int, length: int) -> 
     return True
 
 
+class ImageTooLarge(GenericError):
+    """The L1 table cannot map the requested size (QEMU's -EFBIG; qemu-img create
+    words it "The image size is too large for file format 'qcow2'")."""
+
+    errno = errno.EFBIG
+
+
 def _hx(value: int) -> str:
     """C's %#x: no 0x prefix for zero."""
     return f"{value:#x}" if value else "0"
@@ -1345,7 +1352,7 @@ class Qcow2Driver(BlockDriver):
         if needed <= len(self.l1):
             return
         if needed * 8 > QCOW_MAX_L1_SIZE:
-            raise GenericError("File too large")
+            raise ImageTooLarge("Failed to grow the L1 table: File too large")
         new_size = needed
         new_l1 = self.l1 + [0] * (new_size - len(self.l1))
         raw = struct.pack(f">{new_size}Q", *new_l1)

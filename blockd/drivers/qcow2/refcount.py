@@ -219,14 +219,20 @@ class Refcounts:
                 and await self.get(start + total) == 0
             ):
                 total += 1
-            # Make sure refcount blocks exist for the whole run; creating one
-            # changes which clusters are free, so search again afterwards.
-            if await self._ensure_blocks(start, total):
-                continue
+            # The run is taken (as QEMU's alloc_clusters_noref() does by moving
+            # the free-cluster index past it), so refcount blocks created for it
+            # land behind it, where QEMU puts them.
+            self.free_cluster_index = start + total
+            if await self._ensure_blocks(start, total) and not await self._all_free(start, total):
+                continue  # a moved refcount table landed in the run: search again
             await self.update(start << self.cluster_bits, total << self.cluster_bits, 1)
-            if self.free_cluster_index == start:
-                self.free_cluster_index = start + total
             return start << self.cluster_bits, total
+
+    async def _all_free(self, start: int, count: int) -> bool:
+        for c in range(start, start + count):
+            if await self.get(c):
+                return False
+        return True
 
     async def alloc_at(self, offset: int, count: int) -> bool:
         """Take refs on count clusters at a fixed offset if they are all free."""
@@ -261,11 +267,14 @@ class Refcounts:
             # The block goes to the first free cluster; if that cluster is in the
             # range the new block describes, the block describes itself.
             block_cluster = await self._find_free(1)
+            self.free_cluster_index = max(self.free_cluster_index, block_cluster + 1)
             block = bytearray(self.cluster_size)
             if block_cluster >> self.block_bits == rt:
                 set_entry(block, block_cluster & ((1 << self.block_bits) - 1), self.order, 1)
             else:
-                if await self._ensure_blocks(block_cluster, 1):
+                # Its own refcount lives in another block, which may need creating
+                # first (QEMU recurses the same way).
+                if await self._ensure_blocks(block_cluster, 1) and await self.get(block_cluster):
                     continue
                 await self.update(block_cluster << self.cluster_bits, self.cluster_size, 1)
             block_off = block_cluster << self.cluster_bits
