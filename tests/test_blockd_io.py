@@ -328,3 +328,14 @@ def test_copy_on_read(tmp_path: Path, qemu_io: str, qemu_img: str) -> None:
         assert r.returncode == 0, r.stdout
     assert outs[1] == outs[0]
     compare(qemu_io, ["-C", "-r", *cmds("read 0 1"), str(tmp_path / "ct.qcow2")])
+
+
+def test_info_format_specific_dump(tmp_path: Path, qemu_io: str, qemu_img: str) -> None:
+    """'info' prints ImageInfoSpecific in QDict (hash) order, lists as [i]."""
+    img = str(tmp_path / "bm.qcow2")
+    subprocess.run([qemu_img, "create", "-f", "qcow2", img, "4M"], check=True,
+                   capture_output=True)
+    for args in (["--add", img, "b0"], ["--add", "--granularity", "128k", img, "b1"],
+                 ["--disable", img, "b0"]):
+        subprocess.run([qemu_img, "bitmap", *args], check=True, capture_output=True)
+    compare(qemu_io, ["-r", *cmds("info"), img])

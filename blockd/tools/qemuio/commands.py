@@ -808,23 +808,49 @@ async def info_f(io: QemuIo, argv: list[str]) -> int:
     return 0
 
 
+def _qdict_hash(key: str) -> int:
+    """tdb_hash() of QEMU's qobject/qdict.c, which decides QDict iteration order."""
+    raw = key.encode()
+    value = (0x238F13AF * len(raw)) & 0xFFFFFFFF
+    for i, c in enumerate(raw):
+        value = (value + (c << (i * 5 % 24))) & 0xFFFFFFFF
+    return (1103515243 * value + 12345) & 0xFFFFFFFF
+
+
+def _qdict_order(obj: dict[str, Any]) -> list[str]:
+    """Keys in QDict iteration order: by bucket (hash % 512); within a bucket the
+    latest insertion comes first (QLIST_INSERT_HEAD)."""
+    keys = list(obj)
+    pos = {k: i for i, k in enumerate(keys)}
+    return sorted(keys, key=lambda k: (_qdict_hash(k) % 512, -pos[k]))
+
+
 def _dump_specific(obj: dict[str, Any], indent: int) -> str:
-    """bdrv_image_info_specific_dump(): "key: value" lines, '-' shown as ' '."""
+    """bdrv_image_info_specific_dump(): dump_qobject() of the visited QDict."""
     lines = []
     pad = " " * indent
-    for key, value in obj.items():
+    for key in _qdict_order(obj):
+        value = obj[key]
         name = key.replace("-", " ")
         if isinstance(value, dict):
             lines.append(f"{pad}{name}:\n" + _dump_specific(value, indent + 4))
         elif isinstance(value, list):
-            lines.append(f"{pad}{name}:\n")
-            for i, v in enumerate(value):
-                if isinstance(v, dict):
-                    lines.append(f"{pad}    [{i}]:\n" + _dump_specific(v, indent + 8))
-                else:
-                    lines.append(f"{pad}    [{i}]: {_scalar(v)}\n")
+            lines.append(f"{pad}{name}:\n" + _dump_list(value, indent + 4))
         else:
             lines.append(f"{pad}{name}: {_scalar(value)}\n")
+    return "".join(lines)
+
+
+def _dump_list(items: list[Any], indent: int) -> str:
+    lines = []
+    pad = " " * indent
+    for i, v in enumerate(items):
+        if isinstance(v, dict):
+            lines.append(f"{pad}[{i}]:\n" + _dump_specific(v, indent + 4))
+        elif isinstance(v, list):
+            lines.append(f"{pad}[{i}]:\n" + _dump_list(v, indent + 4))
+        else:
+            lines.append(f"{pad}[{i}]: {_scalar(v)}\n")
     return "".join(lines)
 
 
