@@ -190,8 +190,17 @@ async def amain(argv: list[str]) -> int:
             snapshot = True
         elif c == "C":
             copy_on_read = True
-        elif c in ("T", "\x01"):
-            session.error_report(f"option -{c} is not supported by {prog}")
+        elif c == "\x01":
+            # --object: secrets only matter to encrypted images, which blockd does not
+            # open; accept them so command lines written for qemu-io keep working.
+            qom_type = arg.split(",", 1)[0]
+            if qom_type.startswith("qom-type="):
+                qom_type = qom_type[len("qom-type="):]
+            if qom_type != "secret":
+                session.error_report(f"--object {qom_type} is not supported by {prog}")
+                return 1
+        elif c == "T":
+            session.error_report(f"option -T is not supported by {prog}")
             return 1
         # -m (misalign) only matters for O_DIRECT buffer addresses: nothing to do.
     if len(operands) > 1:
