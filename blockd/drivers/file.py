@@ -81,6 +81,10 @@ class FileDriver(BlockDriver):
         self._can_punch_hole = True
         self._can_fallocate = True
         self._can_nowait = hasattr(os, "RWF_NOWAIT")
+        # Like bs->write_gen/flushed_gen: a flush with nothing written since the
+        # last one is skipped.
+        self._write_gen = 0
+        self._flushed_gen = 0
         # Serializes read-modify-write cycles of unaligned O_DIRECT writes.
         self._rmw_lock = asyncio.Lock()
 
@@ -265,6 +269,10 @@ class FileDriver(BlockDriver):
             view = view[n:]
             offset += n
 
+    def _pwrite_all_sync(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        self._pwrite_all(data, offset)
+        os.fdatasync(self.fd)
+
     def _write_direct_aligned(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         view = memoryview(data).cast("B")
         pos = 0
@@ -291,7 +299,15 @@ class FileDriver(BlockDriver):
         if compressed:
             # file-posix has no compressed writes; the generic layer reports ENOTSUP.
             raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
+        self._write_gen += 1
         if not self.flags.cache_direct:
+            if fua and not self.flags.cache_no_flush:
+                # One pool round trip for the write and its flush.
+                gen = self._write_gen
+                await run_io(self._pwrite_all_sync, data, offset)
+                # Everything written before this request is on disk too.
+                self._flushed_gen = max(self._flushed_gen, gen)
+                return
             await run_io(self._pwrite_all, data, offset)
         else:
             a = self.request_alignment
@@ -362,6 +378,7 @@ class FileDriver(BlockDriver):
     async def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         if length <= 0:
             return
+        self._write_gen += 1
         a = self.request_alignment
         if self.flags.cache_direct and (offset % a or length % a):
             await self.write(offset, bytes(length))
@@ -384,12 +401,17 @@ class FileDriver(BlockDriver):
     async def discard(self, offset: int, length: int) -> None:
         if length <= 0 or not self.flags.discard_unmap:
             return
+        self._write_gen += 1
         await run_io(self._discard_sync, offset, length)
 
     async def flush(self) -> None:
         if self.flags.cache_no_flush or self.fd < 0:
             return
+        gen = self._write_gen
+        if gen == self._flushed_gen:
+            return
         await run_io(os.fdatasync, self.fd)
+        self._flushed_gen = max(self._flushed_gen, gen)
 
     def _truncate_sync(self, length: int, preallocation: str) -> None:
         cur = self._size()
@@ -420,6 +442,7 @@ class FileDriver(BlockDriver):
             return
         if preallocation not in ("off", "falloc", "full"):
             raise GenericError(f"Unsupported preallocation mode '{preallocation}'")
+        self._write_gen += 1
         try:
             await run_io(self._truncate_sync, length, preallocation)
         except OSError as e:

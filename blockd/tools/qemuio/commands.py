@@ -256,9 +256,22 @@ class QemuIo:
         self._check_request(offset, len(data))
         if not data:
             return
+        if self.writethrough and not fua and not compressed and self._fua_is_flush():
+            # Write-through: QEMU sends FUA, emulated as write + flush of the node.
+            await self.blk.write(offset, data, fua=True)
+            return
         await self.blk.write(offset, data, compressed=compressed, fua=fua)
         if self.writethrough and not fua:
             await self.blk.flush()
+
+    def _fua_is_flush(self) -> bool:
+        """Whether a FUA write means exactly "write, then flush this node": true for
+        raw over file (whose flush is the file's fdatasync), so the flush can ride
+        along with the write; other formats get an explicit flush()."""
+        node = self.blk
+        while node is not None and node.name == "raw":
+            node = node.file
+        return node is not None and node.name == "file"
 
     async def _pwrite_zeroes(self, offset: int, length: int, *, may_unmap: bool,
                              fua: bool = False) -> None:
