@@ -339,3 +339,25 @@ def test_info_format_specific_dump(tmp_path: Path, qemu_io: str, qemu_img: str) 
                  ["--disable", img, "b0"]):
         subprocess.run([qemu_img, "bitmap", *args], check=True, capture_output=True)
     compare(qemu_io, ["-r", *cmds("info"), img])
+
+
+async def test_run_qemu_io_command_routes_like_hmp(tmp_path: Path) -> None:
+    """Measured on qemu-system-x86_64 7.2: error_report() text is the HMP reply,
+    printf output goes to stdout, fprintf(stderr) to stderr."""
+    img = tmp_path / "ro.raw"
+    img.write_bytes(bytes(1 << 20))
+    drv = await open_image(str(img), "raw")
+    try:
+        out, err, mon = io.StringIO(), io.StringIO(), io.StringIO()
+        for line in ("write 0 512", "read -v 0 16", "bogus", "read x 1"):
+            await run_qemu_io_command(drv, line, out, err, monitor=mon)
+        assert mon.getvalue() == "Block node is read-only\n"
+        assert err.getvalue() == 'command "bogus" not found\n'
+        lines = out.getvalue().splitlines()
+        assert lines[0] == "00000000:  " + "00 " * 16 + " ................"
+        assert lines[1] == "read 16/16 bytes at offset 0"
+        assert lines[3] == (
+            "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- x"
+        )
+    finally:
+        await close_image(drv)

@@ -149,6 +149,9 @@ class QemuIo:
         self.copy_on_read = False
         self.quit = False
         self.standalone = standalone
+        # Inside a monitor command QEMU's error_report() prints to the monitor
+        # (the HMP reply), without the program name.
+        self.monitor: TextIO | None = None
         self.commands = {c.name: c for c in _COMMANDS if standalone or c.name not in _CLI_ONLY}
 
     # --- plumbing -------------------------------------------------------------
@@ -157,6 +160,9 @@ class QemuIo:
         self.out.write(text)
 
     def error_report(self, msg: str) -> None:
+        if self.monitor is not None:
+            self.monitor.write(f"{msg}\n")
+            return
         self.out.flush()
         self.err.write(f"{self.prog}: {msg}\n")
         self.err.flush()
@@ -165,7 +171,7 @@ class QemuIo:
         self.error_report(e.desc)
         hint = getattr(e, "hint", None)
         if hint:
-            self.err.write(hint)
+            (self.monitor or self.err).write(hint)
 
     def usage(self, name: str) -> int:
         args, oneline, _ = HELP[name]
@@ -1190,15 +1196,22 @@ _COMMANDS: tuple[Command, ...] = (
 
 async def run_qemu_io_command(
     drv: BlockDriver, cmdline: str, out: TextIO, err: TextIO | None = None,
-    *, prog: str = "qemu-storage-daemon",
+    *, prog: str = "qemu-storage-daemon", monitor: TextIO | None = None,
+    writethrough: bool = False,
 ) -> None:
     """Run one qemu-io command on an open node (HMP ``qemu-io`` of QEMU).
 
-    Output goes to ``out``; diagnostics to ``err`` (default: sys.stderr), as QEMU's
-    HMP qemu-io prints to the process's stdout/stderr.  ``open``/``close``/``quit``
-    are not available, as in QEMU.
+    As in QEMU 7.2 (measured with qemu-system-x86_64): results (printf) go to
+    ``out`` — the process's stdout; fprintf(stderr) diagnostics such as
+    ``command "x" not found`` go to ``err`` (default sys.stderr); error_report()
+    messages such as ``Block node is read-only`` go to ``monitor`` when given —
+    that is the text of the human-monitor-command reply, where the monitor turns
+    "\n" into "\r\n" — else to ``err`` prefixed with ``prog``.
+    ``open``/``close``/``quit`` do not exist there, as in QEMU.
+    ``writethrough``: the BlockBackend's write cache is off (FUA-like writes).
     """
     session = QemuIo(out, err, prog=prog, blk=drv, standalone=False)
-    session.writethrough = False
+    session.monitor = monitor
+    session.writethrough = writethrough
     await session.command(cmdline)
     out.flush()
