@@ -419,7 +419,8 @@ async def test_encrypted_image_refused_like_qemu(
         "--object",
         "secret,id=s0,data=abc",
         "-o",
-        f"encrypt.format={fmt},encrypt.key-secret=s0",
+        f"encrypt.format={fmt},encrypt.key-secret=s0"
+        + (",encrypt.iter-time=10" if fmt == "luks" else ""),
         str(img),
         "1M",
     )

@@ -129,6 +129,9 @@ async def qcow2_create(
     drv = Qcow2Driver()
     drv.file = file
     await drv.open({"lazy-refcounts": False}, OpenFlags(read_only=False))
+    # Nothing uses the image before this returns: one flush at the end replaces
+    # the ordering barriers (a crash mid-create leaves no image worth keeping).
+    drv.set_barriers(False)
     try:
         try:
             await drv.truncate(size, preallocation=preallocation)

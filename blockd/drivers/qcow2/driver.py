@@ -206,6 +206,11 @@ class Qcow2Driver(BlockDriver):
 
     _header_write = False
 
+    def set_barriers(self, enabled: bool) -> None:
+        """Whether dependent metadata updates are separated by file flushes
+        (default: unless cache.no-flush)."""
+        self._barriers = enabled
+
     async def _barrier(self) -> None:
         if self._barriers:
             await self._f.flush()
@@ -1315,11 +1320,15 @@ class Qcow2Driver(BlockDriver):
             # The area goes past the end of the file: nothing may be reserved there.
             await self._release_pool()
             area_start = -(-self._f.get_length() // cs)
-            data = await self.rc.refcount_area(area_start, count)
-            self._rc_dirty = True
+            # Refcount structures able to count the data and its L2 tables too,
+            # so entering them never needs a new refcount block.
+            l2_tables = -(-count // self.l2_size) + 1
+            data = await self.rc.refcount_area(area_start, count + l2_tables)
             data_end = (data + count) * cs
             if data_end > self._f.get_length():
                 await self._f.truncate(data_end, preallocation=mode)
+            await self.rc.update(data * cs, count * cs, 1)
+            self._rc_dirty = True
             self._file_len = max(self._file_len, data_end)
             pos = first * cs
             host = data * cs

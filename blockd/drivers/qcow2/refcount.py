@@ -220,19 +220,27 @@ class Refcounts:
             ):
                 total += 1
             # The run is taken (as QEMU's alloc_clusters_noref() does by moving
-            # the free-cluster index past it), so refcount blocks created for it
-            # land behind it, where QEMU puts them.
+            # the free-cluster index past it), so a refcount block created for it
+            # lands behind it, where QEMU puts it.  Like QEMU (-EAGAIN, undo,
+            # retry) one block is created per round and the search repeated.
             self.free_cluster_index = start + total
-            if await self._ensure_blocks(start, total) and not await self._all_free(start, total):
-                continue  # a moved refcount table landed in the run: search again
-            await self.update(start << self.cluster_bits, total << self.cluster_bits, 1)
-            return start << self.cluster_bits, total
+            missing = self._first_missing(start, total)
+            if missing is None:
+                await self.update(start << self.cluster_bits, total << self.cluster_bits, 1)
+                return start << self.cluster_bits, total
+            await self._alloc_block(missing)
+            if missing > start:
+                # QEMU had counted the clusters before it and takes them back.
+                self.free_cluster_index = min(self.free_cluster_index, start)
 
-    async def _all_free(self, start: int, count: int) -> bool:
-        for c in range(start, start + count):
-            if await self.get(c):
-                return False
-        return True
+    def _first_missing(self, start: int, count: int) -> int | None:
+        """First cluster of [start, start+count) whose refcount block is missing."""
+        rt_first = start >> self.block_bits
+        rt_last = (start + count - 1) >> self.block_bits
+        for rt in range(rt_first, rt_last + 1):
+            if not (rt < len(self.table) and self.table[rt] & REFT_OFFSET_MASK):
+                return max(start, rt << self.block_bits)
+        return None
 
     async def alloc_at(self, offset: int, count: int) -> bool:
         """Take refs on count clusters at a fixed offset if they are all free."""
@@ -255,133 +263,128 @@ class Refcounts:
         for rt in range(rt_first, rt_last + 1):
             if rt < len(self.table) and self.table[rt] & REFT_OFFSET_MASK:
                 continue
-            await self._alloc_block(rt)
+            await self._alloc_block(max(first, rt << self.block_bits))
             created = True
         return created
 
-    async def _alloc_block(self, rt: int) -> None:
+    async def _alloc_block(self, cluster: int) -> None:
+        """Create the refcount block that covers ``cluster`` (alloc_refcount_block).
+
+        The block goes to the first free cluster.  If it lies in the range it
+        describes, it counts itself; otherwise its own refcount is set in the
+        block of its range (created first if needed: this recurses at most
+        twice).  When the table has no slot for it, a new table and blocks are
+        built behind everything in use (refcount_area) and the header switched.
+        """
+        rt = cluster >> self.block_bits
+        mask = (1 << self.block_bits) - 1
         while not (rt < len(self.table) and self.table[rt] & REFT_OFFSET_MASK):
-            if rt >= len(self.table):
-                await self._grow_table(rt)
-                continue
-            # The block goes to the first free cluster; if that cluster is in the
-            # range the new block describes, the block describes itself.
             block_cluster = await self._find_free(1)
             self.free_cluster_index = max(self.free_cluster_index, block_cluster + 1)
             block = bytearray(self.cluster_size)
             if block_cluster >> self.block_bits == rt:
-                set_entry(block, block_cluster & ((1 << self.block_bits) - 1), self.order, 1)
+                set_entry(block, block_cluster & mask, self.order, 1)
             else:
-                # Its own refcount lives in another block, which may need creating
-                # first (QEMU recurses the same way).
                 if await self._ensure_blocks(block_cluster, 1) and await self.get(block_cluster):
                     continue
                 await self.update(block_cluster << self.cluster_bits, self.cluster_size, 1)
             block_off = block_cluster << self.cluster_bits
+            if rt < len(self.table):
+                await self._write(block_off, bytes(block))
+                self.cache.put(block_off, block)
+                await self._barrier()
+                self.table[rt] = block_off
+                self._changed()
+                await self._write(self.table_offset + rt * 8, struct.pack(">Q", block_off))
+                await self._barrier()
+                return
+            # No slot: new self-describing structures behind the blocks in use.
+            # The block itself is complete already (nothing names it yet).
             await self._write(block_off, bytes(block))
             self.cache.put(block_off, block)
-            await self._barrier()
-            self.table[rt] = block_off
-            self._changed()
-            await self._write(self.table_offset + rt * 8, struct.pack(">Q", block_off))
-            await self._barrier()
+            blocks_used = -(-max(cluster + 1, block_cluster + 1) // (mask + 1))
+            await self.refcount_area(blocks_used * (mask + 1), 0, exact=False, new=(rt, block_off))
+            return
 
-    async def _grow_table(self, rt_needed: int) -> None:
-        """Move the refcount table to a bigger area at the start of an uncovered range.
+    def metadata_size(self, clusters: int, generous: bool) -> tuple[int, int]:
+        """(refcount blocks, table clusters) needed to count ``clusters`` clusters
+        plus themselves (qcow2_refcount_metadata_size's fixed point)."""
+        per_table_cluster = self.cluster_size // 8
+        per_block = 1 << self.block_bits
+        table = blocks = n = 0
+        while True:
+            last = n
+            blocks = -(-(clusters + table + blocks) // per_block)
+            table = -(-blocks // per_table_cluster)
+            n = clusters + blocks + table
+            if n == last and generous:
+                clusters += -(-table // 2)
+                n = 0
+                generous = False
+                continue
+            if n == last:
+                return blocks, table
 
-        The new area (new refcount blocks describing the area, then the new
-        table) starts at the first cluster of the first range no table entry
-        covers, so nothing there is in use.  The header switch is the commit point.
+    async def refcount_area(
+        self,
+        start: int,
+        additional: int,
+        *,
+        exact: bool = True,
+        new: tuple[int, int] | None = None,
+    ) -> int:
+        """qcow2_refcount_area(): a new refcount table sized for ``start`` +
+        ``additional`` clusters, with the missing refcount blocks from the range
+        of ``start`` on, laid out at cluster ``start`` (blocks, then the table);
+        every cluster of that area gets refcount 1, the header switches to the
+        new table and the old one is freed.  ``new`` = (table index, offset) of a
+        block created by the caller that the table must name.
+
+        Returns the cluster after the area (where falloc/full data begins).
         """
-        first_rt = len(self.table)
-        area_start = first_rt << self.block_bits
         per_cluster = self.cluster_size // 8
         per_block = 1 << self.block_bits
-        grow = max(rt_needed + 1, len(self.table) * 3 // 2 + 1)
-        blocks = 1
-        while True:
-            entries = max(grow, first_rt + blocks)
-            table_clusters = -(-entries // per_cluster)
-            need = -(-(blocks + table_clusters) // per_block)
-            if need <= blocks:
-                break
-            blocks = need
-        area = blocks + table_clusters
-        new_table = list(self.table) + [0] * (table_clusters * per_cluster - len(self.table))
-        for b in range(blocks):
-            block = bytearray(self.cluster_size)
-            lo = area_start + b * per_block
-            for c in range(lo, min(lo + per_block, area_start + area)):
-                set_entry(block, c - lo, self.order, 1)
-            off = (area_start + b) << self.cluster_bits
-            await self._write(off, bytes(block))
-            self.cache.put(off, block)
-            new_table[first_rt + b] = off
-        table_off = (area_start + blocks) << self.cluster_bits
-        await self._write(table_off, struct.pack(f">{len(new_table)}Q", *new_table))
+        total_blocks, _ = self.metadata_size(start + additional, not exact)
+        area_rt = start // per_block
+        size = total_blocks if exact else total_blocks + -(-total_blocks // 2)
+        size = -(-size // per_cluster) * per_cluster
+        table_clusters = size // per_cluster
+        if size * 8 > 8 * 1024 * 1024 * 8:
+            raise RefcountError(errno.EFBIG, "File too large")
+        keep = self.table[:size]
+        new_table = keep + [0] * (size - len(keep))
+        if new is not None:
+            new_table[new[0]] = new[1]
+        missing = [i for i in range(area_rt, total_blocks) if not new_table[i] & REFT_OFFSET_MASK]
+        table_off = start + len(missing)
+        end = table_off + table_clusters
+        block_at = start
+        for i in range(area_rt, total_blocks):
+            if new_table[i] & REFT_OFFSET_MASK:
+                block = await self.cache.get(new_table[i] & REFT_OFFSET_MASK)
+            else:
+                block = bytearray(self.cluster_size)
+                new_table[i] = block_at << self.cluster_bits
+                self.cache.put(new_table[i], block)
+                block_at += 1
+            first = i * per_block
+            if first < end:
+                for c in range(max(start, first), min(end, first + per_block)):
+                    set_entry(block, c - first, self.order, 1)
+            await self._write(new_table[i] & REFT_OFFSET_MASK, bytes(block))
+        await self._write(
+            table_off << self.cluster_bits, struct.pack(f">{len(new_table)}Q", *new_table)
+        )
         await self._barrier()
         old_off, old_clusters = self.table_offset, self.table_clusters
-        await self._set_location(table_off, table_clusters)
+        await self._set_location(table_off << self.cluster_bits, table_clusters)
         await self._barrier()
-        self.table_offset = table_off
+        self.table_offset = table_off << self.cluster_bits
         self.table = new_table
         self._changed()
         # The old table is unreferenced now: give its clusters back.
         await self.update(old_off, old_clusters << self.cluster_bits, -1)
-
-    async def refcount_area(self, start: int, additional: int) -> int:
-        """Build a refcount table (and missing blocks) at cluster ``start`` that
-        covers itself plus ``additional`` clusters right after it, which get
-        refcount 1 (qcow2_refcount_area, used by falloc/full preallocation).
-
-        Returns the first cluster after the metadata area (= the data start).
-        """
-        per_cluster = self.cluster_size // 8
-        per_block = 1 << self.block_bits
-        new_blocks = 0
-        table_clusters = self.table_clusters
-        while True:
-            end = start + new_blocks + table_clusters + additional
-            rt_count = -(-end // per_block)
-            missing = [
-                rt
-                for rt in range(rt_count)
-                if rt >= len(self.table) or not self.table[rt] & REFT_OFFSET_MASK
-            ]
-            need_tc = max(self.table_clusters, -(-rt_count // per_cluster))
-            if len(missing) == new_blocks and need_tc == table_clusters:
-                break
-            new_blocks, table_clusters = len(missing), need_tc
-        new_table = list(self.table) + [0] * (table_clusters * per_cluster - len(self.table))
-        for i, rt in enumerate(missing):
-            new_table[rt] = (start + i) << self.cluster_bits
-        area_end = start + new_blocks + table_clusters
-        # Blocks: fresh ones are built whole; existing ones get the new counts.
-        for rt in range(rt_count):
-            lo = max(rt * per_block, start)
-            hi = min((rt + 1) * per_block, area_end + additional)
-            if lo >= hi:
-                continue
-            off = new_table[rt]
-            if rt in missing:
-                block = bytearray(self.cluster_size)
-            else:
-                block = await self.cache.get(off)
-            for c in range(lo, hi):
-                set_entry(block, c - rt * per_block, self.order, 1)
-            await self._write(off, bytes(block))
-            self.cache.put(off, block)
-        table_off = (start + new_blocks) << self.cluster_bits
-        await self._write(table_off, struct.pack(f">{len(new_table)}Q", *new_table))
-        await self._barrier()
-        old_off, old_clusters = self.table_offset, self.table_clusters
-        await self._set_location(table_off, table_clusters)
-        await self._barrier()
-        self.table_offset = table_off
-        self.table = new_table
-        self._changed()
-        await self.update(old_off, old_clusters << self.cluster_bits, -1)
-        return area_end
+        return end
 
     async def update(self, offset: int, length: int, addend: int) -> None:
         """Add addend to the refcount of every cluster touching [offset, offset+length).
