@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import socket
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,8 +180,9 @@ class Chardev:
     def __init__(self, spec: ChardevSpec) -> None:
         self.spec = spec
         self.in_use = False
+        self.connected = False  # a client is attached (QOM "connected")
         self._listener: socket.socket | None = None
-        self._first: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._first: tuple[asyncio.StreamReader, Any] | None = None
         self._stdio_used = False
 
     async def open(self) -> None:
@@ -257,9 +259,7 @@ class Chardev:
                 f"Failed to connect to '{where}': {os.strerror(exc.errno or 0)}"
             ) from None
 
-    async def next_connection(
-        self,
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def next_connection(self) -> tuple[asyncio.StreamReader, Any] | None:
         """The next client, or None when this chardev can serve no more."""
         if self._first is not None:
             first, self._first = self._first, None
@@ -285,12 +285,75 @@ class Chardev:
                     os.unlink(path)
 
 
-async def _stdio_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+class FileWriter:
+    """A StreamWriter stand-in for a regular file on stdout.
+
+    Pipe transports refuse regular files (uvloop even aborts), but QEMU's stdio
+    chardev writes to whatever stdout is; file writes do not block for long,
+    so they are done directly.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.transport = self
+        self._closed = False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    async def drain(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+def _is_regular(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+async def _feed_from_file(fd: int, reader: asyncio.StreamReader) -> None:
+    """Read a regular file on stdin into ``reader`` off the event loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        data = await loop.run_in_executor(None, os.read, fd, 65536)
+        if not data:
+            reader.feed_eof()
+            return
+        reader.feed_data(data)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _stdio_streams() -> tuple[asyncio.StreamReader, Any]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    in_fd = sys.stdin.fileno()
+    if _is_regular(in_fd):
+        task = loop.create_task(_feed_from_file(in_fd, reader))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+    else:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out_fd = os.dup(sys.stdout.fileno())
+    if _is_regular(out_fd):
+        return reader, FileWriter(out_fd)
     transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+        asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb")
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import blockd.commands  # noqa: F401  (registers the QMP commands)
 from blockd.chardev import Chardev, ChardevSpec
@@ -29,11 +29,30 @@ ShutdownHook = Callable[[], Awaitable[None]]
 
 
 class ChardevObject(QObject):
-    """A chardev's entry in ``/chardevs``."""
+    """A chardev's entry in ``/chardevs`` (type ``chardev-stdio``)."""
 
-    def __init__(self, backend: str) -> None:
+    type_name = "chardev-stdio"
+
+    def __init__(self, chardev: Chardev) -> None:
         super().__init__()
-        self.type_name = f"chardev-{backend}"  # type: ignore[misc]
+        self.chardev = chardev
+
+
+class SocketChardevObject(ChardevObject):
+    """``chardev-socket``: its address and whether a client is connected."""
+
+    type_name = "chardev-socket"
+    class_properties: ClassVar[dict[str, str]] = {"addr": "SocketAddress", "connected": "bool"}
+
+    def get_property(self, name: str) -> Any:
+        opts = self.chardev.spec.opts
+        if name == "addr":
+            if "path" in opts:
+                return {"type": "unix", "path": opts["path"]}
+            return {"type": "inet", "host": opts.get("host", ""), "port": str(opts["port"])}
+        if name == "connected":
+            return self.chardev.connected
+        return super().get_property(name)
 
 
 class Monitor:
@@ -63,10 +82,12 @@ class Monitor:
                 reader, writer, self.daemon.dispatcher, self.daemon.events,
                 self.daemon.greeting(), pretty=self.pretty,
             )
+            self.chardev.connected = True
             try:
                 await self.session.run()
             finally:
                 self.session = None
+                self.chardev.connected = False
 
     async def stop(self) -> None:
         if self.session is not None:
@@ -106,7 +127,8 @@ class Daemon:
         chardev = Chardev(spec)
         await chardev.open()
         self.chardevs[spec.id] = chardev
-        self.qom.chardevs.add_child(spec.id, ChardevObject(spec.backend))
+        cls = SocketChardevObject if spec.backend == "socket" else ChardevObject
+        self.qom.chardevs.add_child(spec.id, cls(chardev))
 
     def add_monitor(self, chardev_id: str, pretty: bool) -> None:
         chardev = self.chardevs.get(chardev_id)

@@ -9,35 +9,38 @@ Property listing order is QEMU's for each type, as observed on QSD 7.2.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from blockd.qapi.ghash import GHashKeys, ghash_order
 from blockd.qmp.errors import DeviceNotFound, GenericError
 
 _ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
 
 
-@dataclass
-class Property:
-    name: str
-    type: str
-    get: Callable[[], Any] | None = None
-
-
 class QObject:
-    """A node of the QOM composition tree."""
+    """A node of the QOM composition tree.
+
+    Properties live where QEMU keeps them: children (and other per-instance
+    properties) in the instance's hash table, the rest in each class's table
+    (``class_properties``: the class's own, in registration order).  qom-list
+    walks instance then classes from the most derived up, prepending, so the
+    listing order is QEMU's GHashTable order, reversed.
+    """
 
     type_name: ClassVar[str] = "object"
+    class_properties: ClassVar[dict[str, str]] = {"type": "string"}
 
     def __init__(self) -> None:
         self.children: dict[str, QObject] = {}
+        self._instance_props = GHashKeys()
         self.parent: QObject | None = None
         self.name = ""
 
-    def properties(self) -> list[Property]:
-        """Own properties in QEMU's listing order (``type`` comes first)."""
-        return [Property("type", "string", lambda: self.type_name)]
+    def get_property(self, name: str) -> Any:
+        """Value of a class property (``type`` here; subclasses add theirs)."""
+        if name == "type":
+            return self.type_name
+        raise KeyError(name)
 
     def add_child(self, name: str, child: QObject) -> None:
         if name in self.children:
@@ -47,15 +50,32 @@ class QObject:
         child.parent = self
         child.name = name
         self.children[name] = child
+        self._instance_props.insert(name)
 
     def remove_child(self, name: str) -> None:
         child = self.children.pop(name)
         child.parent = None
+        self._instance_props.remove(name)
+
+    def _class_property_types(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for cls in type(self).__mro__:
+            own = cls.__dict__.get("class_properties")
+            if own:
+                out += [(n, own[n]) for n in ghash_order(list(own))]
+        return out
 
     def list_properties(self) -> list[dict[str, str]]:
-        props = [{"name": p.name, "type": p.type} for p in self.properties()]
-        props += [{"name": n, "type": f"child<{c.type_name}>"} for n, c in self.children.items()]
-        return props
+        walk = [(n, f"child<{self.children[n].type_name}>")
+                for n in self._instance_props.ordered()]
+        walk += self._class_property_types()
+        return [{"name": n, "type": t} for n, t in reversed(walk)]
+
+    def find_property(self, name: str) -> Any:
+        """qom-get: a class property's value (children are links, not values)."""
+        if any(n == name for n, _ in self._class_property_types()):
+            return self.get_property(name)
+        raise GenericError(f"Property '{self.type_name}.{name}' not found")
 
 
 class Container(QObject):
@@ -90,33 +110,43 @@ def _check_range(name: str, value: int, lo: int, hi: int) -> None:
         raise GenericError(f"{name} value must be in range [{lo}, {hi}]")
 
 
-class IOThread(UserCreatable):
-    """``iothread``: blockd runs all I/O in one event loop plus a thread pool,
-    so an iothread only records its tuning knobs and names an AioContext."""
+class EventLoopBase(UserCreatable):
+    """QEMU's event-loop-base: the thread-pool and batching knobs."""
 
-    type_name = "iothread"
+    class_properties: ClassVar[dict[str, str]] = {
+        "aio-max-batch": "int", "thread-pool-min": "int", "thread-pool-max": "int",
+    }
     _INT64_MAX = 2**63 - 1
-    _KNOBS = ("poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch",
-              "thread-pool-min", "thread-pool-max")
+    _DEFAULTS: ClassVar[dict[str, int]] = {
+        "aio-max-batch": 0, "thread-pool-min": 0, "thread-pool-max": 64,
+    }
 
     def __init__(self, obj_id: str, props: dict[str, Any], daemon: Any) -> None:
         super().__init__(obj_id, props, daemon)
-        self.values: dict[str, int] = {
-            "poll-max-ns": 32768, "poll-grow": 0, "poll-shrink": 0, "aio-max-batch": 0,
-            "thread-pool-min": 0, "thread-pool-max": 64,
-        }
-        for knob in self._KNOBS:
+        self.values: dict[str, int] = {}
+        for cls in reversed(type(self).__mro__):
+            self.values.update(cls.__dict__.get("_DEFAULTS", {}))
+        for knob in self.values:
             if knob in props:
                 _check_range(knob, props[knob], 0, self._INT64_MAX)
                 self.values[knob] = props[knob]
 
-    def properties(self) -> list[Property]:
-        order = ("thread-pool-min", "aio-max-batch", "thread-pool-max", "poll-max-ns",
-                 "poll-grow", "poll-shrink")
-        return [
-            *super().properties(),
-            *(Property(n, "int", lambda n=n: self.values[n]) for n in order),  # type: ignore[misc]
-        ]
+    def get_property(self, name: str) -> Any:
+        if name in self.values:
+            return self.values[name]
+        return super().get_property(name)
+
+
+class IOThread(EventLoopBase):
+    """``iothread``: blockd runs all I/O in one event loop plus a thread pool,
+    so an iothread records its tuning knobs and names an AioContext."""
+
+    type_name = "iothread"
+    class_properties: ClassVar[dict[str, str]] = {
+        "poll-max-ns": "int", "poll-grow": "int", "poll-shrink": "int",
+    }
+    _DEFAULTS: ClassVar[dict[str, int]] = {"poll-max-ns": 32768, "poll-grow": 0,
+                                           "poll-shrink": 0}
 
 
 class ObjectTree:
@@ -142,7 +172,9 @@ class ObjectTree:
             return obj
         parts = [p for p in path.split("/") if p]
         matches = [o for o in self._walk(self.root) if self._ends_with(o, parts)]
-        if len(matches) != 1:
+        if len(matches) > 1:
+            raise GenericError(f"Path '{path}' is ambiguous")
+        if not matches:
             raise DeviceNotFound(f"Device '{path}' not found")
         return matches[0]
 

@@ -37,18 +37,24 @@ class DaemonProcess:
         for path in self.sockets:
             if os.path.exists(path):
                 os.unlink(path)
+        # stderr goes to a file: an unread pipe would block a chatty daemon.
+        self.stderr_path = workdir / f"stderr-{time.monotonic_ns()}.log"
+        self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            self.argv, stdout=stdout, stderr=subprocess.PIPE, cwd=workdir
+            self.argv, stdout=stdout, stderr=self._stderr, cwd=workdir
         )
         deadline = time.monotonic() + 20
         while not all(os.path.exists(p) for p in self.sockets):
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = self.stderr()
                 raise RuntimeError(f"{self.argv} exited {self.proc.returncode}: {err}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"{self.argv} did not create its sockets")
             time.sleep(0.01)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
 
     @property
     def socket(self) -> str:
@@ -65,8 +71,7 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        self._stderr.close()
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -20,9 +20,7 @@ the daemon answers everything it parsed and closes its side on EOF.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -170,37 +168,17 @@ def check_reply_shape(line: bytes) -> dict[str, Any]:
     return msg
 
 
-class StderrDrain:
-    """Reads the daemon's stderr so a chatty daemon never blocks on a full pipe."""
-
-    def __init__(self, proc: DaemonProcess) -> None:
-        self.text = b""
-        assert proc.proc.stderr is not None
-        self._fd = proc.proc.stderr.fileno()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while chunk := os.read(self._fd, 65536):
-            self.text += chunk
-
-    def join(self) -> None:
-        self._thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     proc = start_blockd(tmp_path_factory.mktemp("qmp_fuzz"), monitors=2)
-    drain = StderrDrain(proc)
     try:
         yield proc
-        assert proc.alive(), f"blockd died: {drain.text.decode(errors='replace')}"
+        assert proc.alive(), f"blockd died: {proc.stderr()}"
     finally:
         rc = proc.stop()
-        drain.join()
     # A clean SIGTERM shutdown and no Python traceback on stderr.
-    assert rc == 0, drain.text.decode(errors="replace")
-    assert b"Traceback" not in drain.text, drain.text.decode(errors="replace")
+    assert rc == 0, proc.stderr()
+    assert "Traceback" not in proc.stderr(), proc.stderr()
 
 
 @pytest.fixture

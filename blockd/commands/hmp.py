@@ -189,4 +189,6 @@ async def hmp_qemu_io(ctx: CommandContext, cur: Cursor, out: io.StringIO) -> Non
         drv = ctx.daemon.lookup_bs(device)
     from blockd.tools.qemuio import run_qemu_io_command
 
-    await run_qemu_io_command(drv, command, sys.stdout)
+    # qemu-io output goes to the daemon's stdout; error_report() text becomes
+    # the monitor reply, as in QEMU.
+    await run_qemu_io_command(drv, command, sys.stdout, monitor=out)

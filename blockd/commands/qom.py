@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from blockd.qmp.dispatch import CommandContext, qmp_command
-from blockd.qmp.errors import GenericError
 
 
 @qmp_command("object-add")
@@ -27,8 +26,4 @@ async def qom_list(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, 
 
 @qmp_command("qom-get")
 async def qom_get(ctx: CommandContext, args: dict[str, Any]) -> Any:
-    obj = ctx.daemon.qom.resolve(args["path"])
-    for prop in obj.properties():
-        if prop.name == args["property"] and prop.get is not None:
-            return prop.get()
-    raise GenericError(f"Property '{obj.type_name}.{args['property']}' not found")
+    return ctx.daemon.qom.resolve(args["path"]).find_property(args["property"])

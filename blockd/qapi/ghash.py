@@ -11,8 +11,9 @@ the same key, byte for byte.
 
 from __future__ import annotations
 
+from blockd.qmp.qdict import qdict_order
+
 _M32 = 0xFFFFFFFF
-_QDICT_BUCKETS = 512
 _MIN_SHIFT = 3
 # GLib's prime_mod[] table, indexed by shift.
 _PRIME_MOD = (1, 2, 3, 7, 13, 31, 61, 127, 251, 509, 1021, 2039, 4093, 8191, 16381,
@@ -21,22 +22,6 @@ _PRIME_MOD = (1, 2, 3, 7, 13, 31, 61, 127, 251, 509, 1021, 2039, 4093, 8191, 163
               536870909, 1073741789, 2147483647)
 _UNUSED = 0
 _TOMBSTONE = 1
-
-
-def _tdb_hash(key: str) -> int:
-    data = key.encode("utf-8")
-    value = (0x238F13AF * len(data)) & _M32
-    for i, c in enumerate(data):
-        value = (value + (c << (i * 5 % 24))) & _M32
-    return (1103515243 * value + 12345) & _M32
-
-
-def qdict_order(keys: list[str]) -> list[str]:
-    """Iteration order of a QDict whose keys were inserted in ``keys`` order."""
-    buckets: dict[int, list[str]] = {}
-    for k in keys:
-        buckets.setdefault(_tdb_hash(k) % _QDICT_BUCKETS, []).insert(0, k)
-    return [k for b in sorted(buckets) for k in buckets[b]]
 
 
 def _g_str_hash(key: str) -> int:
@@ -149,11 +134,24 @@ class GHashKeys:
             del self.keys[self.size:]
         self.noccupied = self.nnodes
 
+    def ordered(self) -> list[str]:
+        """Every key in ``g_hash_table_iter`` order (slot order)."""
+        return [k for h, k in zip(self.hashes, self.keys, strict=True)
+                if h >= 2 and k is not None]
+
     def first(self) -> str | None:
         for h, k in zip(self.hashes, self.keys, strict=True):
             if h >= 2:
                 return k
         return None
+
+
+def ghash_order(keys: list[str]) -> list[str]:
+    """Iteration order of a GLib string hash table filled with ``keys`` in order."""
+    table = GHashKeys()
+    for k in keys:
+        table.insert(k)
+    return table.ordered()
 
 
 def unvisited_keys(keys: list[str]) -> GHashKeys:

@@ -30,7 +30,7 @@ from typing import Any
 
 from blockd.qmp.json_parser import qemu_decode
 
-__all__ = ["encode", "encode_reference", "format_double", "quote_string"]
+__all__ = ["encode", "encode_pretty", "encode_reference", "format_double", "quote_string"]
 
 _dumps = json.JSONEncoder(
     ensure_ascii=True,
@@ -41,9 +41,10 @@ _dumps = json.JSONEncoder(
 
 # Anything in json.dumps output that QEMU could print differently: a \\u escape,
 # DEL, Infinity/NaN, a top-level number, or a float (repr: "1.5", "1e+16") or a
-# 19+ digit integer after "[" or a space.  String content can look like that
-# too; that only costs the slower (still exact) path.
-_SUSPECT_NUMBER = re.compile(r"[ \[]-?[0-9]+(?:\.[0-9]|e[-+]|[0-9]{18})")
+# 19+ digit integer.  In json.dumps output a number only follows ": ", ", " or
+# "[", so " 0.1" inside a string ("blockd 0.1.0") does not count; string content
+# that still looks like a number only costs the slower (still exact) path.
+_SUSPECT_NUMBER = re.compile(r"(?:[:,] |\[)-?[0-9]+(?:\.[0-9]|e[-+]|[0-9]{18})")
 
 
 def _suspect(out: str) -> bool:
@@ -192,3 +193,34 @@ def encode(obj: Any) -> str:
     if _SURROGATE_ESC.search(out) is not None:
         return encode_reference(obj)
     return _FIX_TOKEN.sub(_fix_token, out)
+
+
+def encode_pretty(obj: Any) -> str:
+    """``qobject_to_json_pretty``: 4-space indent, one member per line.
+
+    Used by ``--monitor pretty=on`` and qemu-img's ``--output=json``.  Empty
+    containers print as ``{`` newline, indent, ``}`` as QEMU's JSON writer
+    does.  Member order is the dict's; no final newline.
+    """
+    parts: list[str] = []
+    _emit_pretty(obj, 0, parts)
+    return "".join(parts)
+
+
+def _emit_pretty(obj: Any, depth: int, parts: list[str]) -> None:
+    pad = "\n" + " " * (4 * (depth + 1))
+    if isinstance(obj, dict):
+        parts.append("{")
+        for n, (key, value) in enumerate(obj.items()):
+            parts.append("," + pad if n else pad)
+            parts.append(quote_string(key) + ": ")
+            _emit_pretty(value, depth + 1, parts)
+        parts.append("\n" + " " * (4 * depth) + "}")
+    elif isinstance(obj, list):
+        parts.append("[")
+        for n, item in enumerate(obj):
+            parts.append("," + pad if n else pad)
+            _emit_pretty(item, depth + 1, parts)
+        parts.append("\n" + " " * (4 * depth) + "]")
+    else:
+        parts.append(encode(obj))

@@ -17,7 +17,7 @@ from typing import Any
 
 from blockd.qmp.dispatch import Dispatcher
 from blockd.qmp.events import EventBus
-from blockd.qmp.json_encoder import encode
+from blockd.qmp.json_encoder import encode, encode_pretty
 from blockd.qmp.json_parser import JSONParseError, JSONStreamParser
 from blockd.qmp.qdict import qdict_ordered
 
@@ -37,28 +37,11 @@ class Runstate(enum.Enum):
 def format_message(msg: dict[str, Any], pretty: bool = False) -> bytes:
     """Wire bytes of one message: QDict member order, QEMU's JSON, CRLF line ends."""
     ordered = qdict_ordered(msg)
-    text = pretty_encode(ordered) if pretty else encode(ordered)
+    text = encode_pretty(ordered) if pretty else encode(ordered)
     # QEMU's monitor output turns every '\n' into "\r\n" (monitor_puts).
     if pretty:
         text = text.replace("\n", "\r\n")
     return (text + "\r\n").encode("utf-8")
-
-
-def pretty_encode(obj: Any, indent: int = 0) -> str:
-    """QEMU's ``pretty=on`` layout: 4-space indent, one member per line."""
-    pad = "    " * (indent + 1)
-    end = "    " * indent
-    if isinstance(obj, dict):
-        if not obj:
-            return "{}"
-        items = [f"{pad}{encode(k)}: {pretty_encode(v, indent + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + end + "}"
-    if isinstance(obj, list):
-        if not obj:
-            return "[]"
-        elems = [pad + pretty_encode(v, indent + 1) for v in obj]
-        return "[\n" + ",\n".join(elems) + "\n" + end + "]"
-    return encode(obj)
 
 
 class QMPSession:

@@ -12,95 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-_BUCKETS = 512
+from blockd.qmp.json_encoder import encode_pretty
+from blockd.qmp.qdict import qdict_order, qdict_ordered
 
-
-def _bucket(key: str) -> int:
-    data = key.encode("utf-8", "surrogatepass")
-    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
-    for i, byte in enumerate(data):
-        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
-    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % _BUCKETS
-
-
-def qdict_order(d: dict[str, Any]) -> list[str]:
-    """Keys of ``d`` (given in insertion order) in the order QEMU walks them."""
-    ranked = sorted((_bucket(k), -i, k) for i, k in enumerate(d))
-    return [k for _, _, k in ranked]
-
-
-def _quote(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        cp = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif 0xDC80 <= cp <= 0xDCFF:
-            # An undecodable byte of a file name: QEMU prints U+FFFD.
-            out.append("\\uFFFD")
-        elif cp > 0xFFFF:
-            cp -= 0x10000
-            out.append(f"\\u{0xD800 + (cp >> 10):04X}\\u{0xDC00 + (cp & 0x3FF):04X}")
-        elif cp < 0x20 or cp >= 0x7F:
-            out.append(f"\\u{cp:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _scalar(v: Any) -> str:
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if v is None:
-        return "null"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return "%.17g" % v  # noqa: UP031 - C's %g
-    if isinstance(v, str):
-        return _quote(v)
-    raise TypeError(f"cannot serialise {type(v).__name__}")
-
+__all__ = ["dump_human", "qdict_order", "to_json_pretty"]
 
 def to_json_pretty(obj: Any) -> str:
     """The text qobject_to_json_pretty() produces for ``obj`` (no final newline)."""
-    parts: list[str] = []
-    _emit(obj, 0, parts)
-    return "".join(parts)
-
-
-def _emit(obj: Any, depth: int, parts: list[str]) -> None:
-    pad = "\n" + " " * (4 * (depth + 1))
-    if isinstance(obj, dict):
-        parts.append("{")
-        for n, key in enumerate(qdict_order(obj)):
-            parts.append("," + pad if n else pad)
-            parts.append(_quote(key) + ": ")
-            _emit(obj[key], depth + 1, parts)
-        parts.append("\n" + " " * (4 * depth) + "}")
-    elif isinstance(obj, list):
-        parts.append("[")
-        for n, item in enumerate(obj):
-            parts.append("," + pad if n else pad)
-            _emit(item, depth + 1, parts)
-        parts.append("\n" + " " * (4 * depth) + "]")
-    else:
-        parts.append(_scalar(obj))
+    return encode_pretty(qdict_ordered(obj))
 
 
 def dump_human(data: dict[str, Any], indent: int) -> str:
