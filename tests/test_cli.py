@@ -239,3 +239,44 @@ def test_command_line_objects_and_keyval(tmp_path: Path) -> None:
     assert b'"io0"' in reply[0] and b'"io1"' in reply[0]
     client.close()
     assert proc.stop() == 0
+
+
+@pytest.mark.qemu
+def test_stdio_on_regular_files_and_qom_match_qsd(tmp_path: Path, qsd: str) -> None:
+    """``--chardev stdio`` with stdin and stdout redirected to files (pipe
+    transports refuse those), and the QOM tree listed exactly as QSD lists it."""
+    script = tmp_path / "script"
+    script.write_bytes(
+        b'{"execute":"qmp_capabilities"}\n'
+        b'{"execute":"qom-list","arguments":{"path":"/"}}\n'
+        b'{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}\n'
+        b'{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io1"}}\n'
+        b'{"execute":"qom-list","arguments":{"path":"/"}}\n'
+        b'{"execute":"qom-list","arguments":{"path":"/objects"}}\n'
+        b'{"execute":"qom-list","arguments":{"path":"/chardevs"}}\n'
+        b'{"execute":"qom-list","arguments":{"path":"/chardevs/m0"}}\n'
+        b'{"execute":"qom-list","arguments":{"path":"/chardevs/s1"}}\n'
+        b'{"execute":"qom-get","arguments":{"path":"/chardevs/s1","property":"addr"}}\n'
+        b'{"execute":"qom-get","arguments":{"path":"s1","property":"connected"}}\n'
+        b'{"execute":"qom-get","arguments":{"path":"/chardevs/m0","property":"connected"}}\n'
+        b'{"execute":"qom-list","arguments":{"path":"/objects/io1"}}\n'
+        b'{"execute":"qom-get","arguments":{"path":"io1","property":"thread-pool-max"}}\n'
+        b'{"execute":"qom-list","arguments":{"path":""}}\n'
+        b'{"execute":"object-del","arguments":{"id":"io0"}}\n'
+        b'{"execute":"qom-list","arguments":{"path":"/objects"}}\n'
+        b'{"execute":"quit"}\n'
+    )
+    outputs = []
+    for name, argv0 in (("q", [qsd]), ("b", BLOCKD)):
+        out = tmp_path / f"{name}.out"
+        sock = tmp_path / f"{name}.sock"
+        with open(script, "rb") as stdin, open(out, "wb") as stdout:
+            proc = subprocess.run(
+                [*argv0, "--chardev", "stdio,id=m0", "--monitor", "m0",
+                 "--chardev", f"socket,id=s1,path={sock},server=on,wait=off"],
+                stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=30,
+            )
+        assert proc.returncode == 0, proc.stderr
+        text = out.read_bytes().split(b"\r\n", 1)[1]  # past the greeting
+        outputs.append(text.replace(str(sock).encode(), b"SOCK"))
+    assert outputs[1] == outputs[0]
