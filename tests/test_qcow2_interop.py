@@ -628,8 +628,8 @@ async def test_create_strict_size(tmp_path: Path) -> None:
 
 
 async def test_create_metadata_prealloc_beyond_one_refblock(tmp_path: Path, qemu_img: str) -> None:
-    """3 GiB of preallocated clusters need a second refcount block mid-way."""
+    """2.2 GiB of preallocated clusters need a second refcount block mid-way."""
     mine, ref = tmp_path / "mine.qcow2", tmp_path / "ref.qcow2"
-    await create(mine, 3 << 30, preallocation="metadata")
-    run(qemu_img, "create", "-f", "qcow2", "-o", "preallocation=metadata", str(ref), "3G")
+    await create(mine, 2200 << 20, preallocation="metadata")
+    run(qemu_img, "create", "-f", "qcow2", "-o", "preallocation=metadata", str(ref), "2200M")
     run("cmp", str(mine), str(ref))  # sparse files: cmp reads holes cheaply
