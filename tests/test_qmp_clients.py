@@ -166,3 +166,28 @@ def test_oversized_input_is_bounded(daemon: DaemonProcess) -> None:
     peak_kib = int(status.split("VmHWM:")[1].split()[0])
     assert peak_kib < 512 * 1024, f"peak RSS {peak_kib} KiB"
     client.close()
+
+
+def test_qmp_shell(tmp_path: Path) -> None:
+    """README's quickstart: qmp-shell (QMP and HMP modes) against blockd."""
+    import subprocess
+    import sys
+
+    shell = str(Path(sys.executable).with_name("qmp-shell"))
+    proc = start_blockd(tmp_path)
+    try:
+        out = subprocess.run(
+            [shell, proc.socket], input="query-version\nobject-add qom-type=iothread id=io0\n"
+            "qom-list path=/objects\n", capture_output=True, text=True, timeout=30,
+        ).stdout
+        assert "Connected to QEMU 7.2.0" in out
+        assert '"package": "blockd 0.1.0"' in out
+        assert '{"name": "io0", "type": "child<iothread>"}' in out
+        out = subprocess.run(
+            [shell, "-H", proc.socket], input="info version\nhelp\n",
+            capture_output=True, text=True, timeout=30,
+        ).stdout
+        assert "7.2.0blockd 0.1.0" in out
+        assert 'qemu-io [-d] [device] "[command]" -- run a qemu-io command' in out
+    finally:
+        assert proc.stop() == 0

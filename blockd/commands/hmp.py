@@ -142,7 +142,7 @@ async def run_hmp(ctx: CommandContext, command_line: str) -> str:
             _help(out, "info ", INFO_COMMANDS)
             return out.getvalue().replace("\n", "\r\n")
         table, name, prefix = INFO_COMMANDS, sub, "info "
-    cmd = table.get(name)
+    cmd = next((c for n, c in table.items() if name in n.split("|")), None)
     if cmd is None or cmd.handler is None:
         out.write(f"unknown command: '{command_line[start:cur.pos]}'\n")
         return out.getvalue().replace("\n", "\r\n")
@@ -158,10 +158,27 @@ async def run_hmp(ctx: CommandContext, command_line: str) -> str:
 
 @qmp_command("human-monitor-command")
 async def human_monitor_command(ctx: CommandContext, args: dict[str, Any]) -> str:
-    if "cpu-index" in args:
-        # blockd emulates no CPUs, so every index is out of range.
+    if args.get("cpu-index", 0) != 0:
+        # blockd behaves like a machine with one CPU, index 0 (qmp-shell -H
+        # always sends cpu-index 0); any other index does not exist.
         raise GenericError("Parameter 'cpu-index' expects a CPU number")
     return await run_hmp(ctx, args["command-line"])
+
+
+@hmp_command("help|?", "[cmd]", "show the help")
+async def hmp_help(ctx: CommandContext, cur: Cursor, out: io.StringIO) -> None:
+    topic = cur.word()
+    if topic == "info":
+        _help(out, "info ", INFO_COMMANDS)
+        return
+    table = {n: c for n, c in HMP_COMMANDS.items() if not topic or topic in n.split("|")}
+    _help(out, "", table)
+
+
+# ``info`` dispatches to INFO_COMMANDS in run_hmp; this entry is for ``help``.
+HMP_COMMANDS["info"] = HMPCommand(
+    "info", "[subcommand]", "show various information about the system state", sub=INFO_COMMANDS
+)
 
 
 @hmp_command("version", "", "show the version of QEMU", info=True)
