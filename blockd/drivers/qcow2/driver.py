@@ -194,7 +194,7 @@ class Qcow2Driver(BlockDriver):
     async def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if self.read_only:
             raise OSError(errno.EPERM, "Operation not permitted")
-        if offset < self.cluster_size and not self._header_write:
+        if offset < self.cluster_size:
             # Overlap check "main header": never let data or tables land in cluster 0.
             await self._signal_corruption(
                 "Preventing invalid write on metadata (overlaps with qcow2_header)"
@@ -203,8 +203,6 @@ class Qcow2Driver(BlockDriver):
         end = offset + len(data)
         if end > self._file_len:
             self._file_len = end
-
-    _header_write = False
 
     def set_barriers(self, enabled: bool) -> None:
         """Whether dependent metadata updates are separated by file flushes
@@ -243,23 +241,15 @@ class Qcow2Driver(BlockDriver):
     async def _write_incompat(self) -> None:
         if self.header.version < 3:
             return
-        self._header_write = True
-        try:
-            await self._f.write(
-                H.OFF_INCOMPATIBLE, struct.pack(">Q", self.header.incompatible_features)
-            )
-            await self._f.flush()
-        finally:
-            self._header_write = False
+        await self._f.write(
+            H.OFF_INCOMPATIBLE, struct.pack(">Q", self.header.incompatible_features)
+        )
+        await self._f.flush()
 
     async def _write_header(self) -> None:
         """Rewrite cluster 0 (header, extensions, backing name) in one write."""
         buf = H.serialize_header(self.header)
-        self._header_write = True
-        try:
-            await self._f.write(0, buf)
-        finally:
-            self._header_write = False
+        await self._f.write(0, buf)
 
     # --- open / close ------------------------------------------------------
 
@@ -515,11 +505,7 @@ class Qcow2Driver(BlockDriver):
     async def _set_reftable_location(self, offset: int, clusters: int) -> None:
         self.header.refcount_table_offset = offset
         self.header.refcount_table_clusters = clusters
-        self._header_write = True
-        try:
-            await self._f.write(H.OFF_REFCOUNT_TABLE_OFFSET, struct.pack(">QI", offset, clusters))
-        finally:
-            self._header_write = False
+        await self._f.write(H.OFF_REFCOUNT_TABLE_OFFSET, struct.pack(">QI", offset, clusters))
 
     # --- in-flight data I/O tracking --------------------------------------
 
@@ -1373,11 +1359,7 @@ class Qcow2Driver(BlockDriver):
         old_off, old_len = self.l1_offset, len(self.l1) * 8
         self.header.l1_table_offset = new_off
         self.header.l1_size = new_size
-        self._header_write = True
-        try:
-            await self._f.write(H.OFF_L1_SIZE, struct.pack(">IQ", new_size, new_off))
-        finally:
-            self._header_write = False
+        await self._f.write(H.OFF_L1_SIZE, struct.pack(">IQ", new_size, new_off))
         self.l1 = new_l1
         self.l1_offset = new_off
         self._metadata_changed()

@@ -242,19 +242,6 @@ class Refcounts:
                 return max(start, rt << self.block_bits)
         return None
 
-    async def alloc_at(self, offset: int, count: int) -> bool:
-        """Take refs on count clusters at a fixed offset if they are all free."""
-        first = offset >> self.cluster_bits
-        for i in range(count):
-            if await self.get(first + i):
-                return False
-        if await self._ensure_blocks(first, count):
-            for i in range(count):
-                if await self.get(first + i):
-                    return False
-        await self.update(offset, count << self.cluster_bits, 1)
-        return True
-
     async def _ensure_blocks(self, first: int, count: int) -> bool:
         """Create missing refcount blocks for clusters [first, first+count); True if any."""
         created = False
