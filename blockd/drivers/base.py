@@ -70,6 +70,74 @@ class OpenFlags:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class ChildRole(enum.IntFlag):
+    """What a child is to its parent (QEMU's BdrvChildRole bits)."""
+
+    DATA = 1 << 0
+    METADATA = 1 << 1
+    FILTERED = 1 << 2
+    COW = 1 << 3
+    PRIMARY = 1 << 4
+
+    # The usual combinations.
+    IMAGE = DATA | METADATA  # BDRV_CHILD_IMAGE: the "file" of a format
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One child option a driver accepts (``file``, ``backing``, ``image``, ...).
+
+    ``slot`` says where the driver finds the opened child: ``"file"`` and
+    ``"backing"`` are the attributes of the same name, ``"extra"`` is
+    ``driver.extra_children[child_name]``.  ``multiple`` children (quorum's
+    ``children``) are a list in the options and are named ``children.0``,
+    ``children.1``, ... on the edges.
+    """
+
+    option: str
+    slot: str = "extra"
+    role: ChildRole = ChildRole.DATA | ChildRole.PRIMARY
+    required: bool = True
+    multiple: bool = False
+
+
+# Permission bits again (locking.py holds the lock-byte side); ALL = 0x0f in 7.2.
+_PERM_READ, _PERM_WRITE, _PERM_WRITE_UNCHANGED, _PERM_RESIZE = 0x1, 0x2, 0x4, 0x8
+_PERM_ALL = 0xF
+
+
+def default_child_perm(
+    role: ChildRole, writable: bool, perm: int, shared: int
+) -> tuple[int, int]:
+    """QEMU 7.2's bdrv_default_perms(): what a parent takes/shares on a child.
+
+    ``perm``/``shared`` are the parent's own cumulative permissions (what its
+    parents take and share), ``writable`` whether the parent is read-write.
+    """
+    if role & ChildRole.FILTERED:
+        # Filters pass everything through (bdrv_filter_default_perms).
+        return perm & _PERM_ALL, shared & _PERM_ALL
+    if role & ChildRole.COW:
+        # Backing files: read only, tolerate writers only if our parents do.
+        nperm = perm & _PERM_READ
+        nshared = (_PERM_WRITE | _PERM_RESIZE) if shared & _PERM_WRITE else 0
+        return nperm, nshared | _PERM_READ | _PERM_WRITE_UNCHANGED
+    nperm, nshared = perm & _PERM_ALL, shared & _PERM_ALL
+    if role & ChildRole.METADATA:
+        # The format touches metadata even when the guest does not write.
+        if writable:
+            nperm |= _PERM_WRITE | _PERM_RESIZE
+        nperm |= _PERM_READ
+        nshared &= ~(_PERM_WRITE | _PERM_RESIZE)
+    if role & ChildRole.DATA:
+        nshared &= ~_PERM_RESIZE
+        if nperm & _PERM_WRITE_UNCHANGED:
+            nperm |= _PERM_WRITE
+        if nperm & _PERM_WRITE:
+            nperm |= _PERM_RESIZE
+    return nperm, nshared
+
+
 class BlockDriver(abc.ABC):
     """One node of the block graph: a protocol, format or filter driver."""
 
@@ -77,13 +145,108 @@ class BlockDriver(abc.ABC):
     is_protocol: ClassVar[bool] = False
     is_filter: ClassVar[bool] = False
     supports_backing: ClassVar[bool] = False
+    # Children the driver takes, in the order they are opened.  Subclasses that
+    # do not set it get the format default: ``file`` (+ ``backing``); protocols none.
+    child_specs: ClassVar[tuple[ChildSpec, ...]] = ()
+    # Drivers without reopen support make blockdev-reopen fail with QEMU's text.
+    supports_reopen: ClassVar[bool] = True
+    # Driver options that may be omitted on reopen (QEMU's mutable_opts); None =
+    # every option may return to its default.
+    mutable_opts: ClassVar[frozenset[str] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "child_specs" not in cls.__dict__ and not cls.child_specs:
+            if cls.is_protocol:
+                cls.child_specs = ()
+            elif cls.is_filter:
+                cls.child_specs = (
+                    ChildSpec("file", "file", ChildRole.FILTERED | ChildRole.PRIMARY),
+                )
+            else:
+                specs = [ChildSpec("file", "file", ChildRole.IMAGE | ChildRole.PRIMARY)]
+                if cls.supports_backing:
+                    specs.append(ChildSpec("backing", "backing", ChildRole.COW, required=False))
+                cls.child_specs = tuple(specs)
 
     def __init__(self) -> None:
         # Child with role "file" (format drivers); set by the opener before open().
         self.file: BlockDriver | None = None
         # Backing child (qcow2); set by the opener, None = no backing.
         self.backing: BlockDriver | None = None
+        # Children in other slots ("image", "test", "raw", "children.0", ...).
+        self.extra_children: dict[str, BlockDriver] = {}
         self.flags = OpenFlags()
+        # Driver options of the last open/reopen (set by the graph's opener).
+        self._open_options: dict[str, Any] = {}
+        self._reopen_old: tuple[dict[str, Any], OpenFlags] = ({}, self.flags)
+        self._reopen_new: tuple[dict[str, Any], OpenFlags] = ({}, self.flags)
+        self._reopen_applied = False
+
+    # --- graph hooks ------------------------------------------------------------
+
+    def child_perm(
+        self,
+        child_name: str,
+        role: ChildRole,
+        read_only: bool,
+        perm: int = 0,
+        shared: int = _PERM_ALL,
+    ) -> tuple[int, int]:
+        """(perm, shared) this node takes on its child ``child_name``.
+
+        ``perm``/``shared`` are what this node's own parents take and share;
+        the default is QEMU's bdrv_default_perms().
+        """
+        return default_child_perm(role, not read_only, perm, shared)
+
+    async def reopen_prepare(self, options: dict[str, Any], flags: OpenFlags) -> None:
+        """Check and stage new driver options/flags; raise to refuse (nothing changes).
+
+        The default re-runs the driver's ``reopen(options, flags)`` when it has one
+        (keeping the current read-only state until commit, so nothing is written
+        through a read-only child), else validates by opening a scratch instance.
+        """
+        self._reopen_old = (self._open_options, self.flags)
+        self._reopen_new = (options, flags)
+        reopen = getattr(self, "reopen", None)
+        if reopen is not None:
+            going_ro = flags.read_only and not self.flags.read_only
+            if going_ro:
+                # Flush and mark clean now, while the file below is still writable.
+                await reopen(options, flags)
+            else:
+                staged = OpenFlags(**{**flags.__dict__, "read_only": self.flags.read_only})
+                await reopen(options, staged)
+            self._reopen_applied = True
+            return
+        self._reopen_applied = False
+        scratch = type(self)()
+        scratch.file, scratch.backing = self.file, self.backing
+        scratch.extra_children = dict(self.extra_children)
+        await scratch.open(options, flags)
+        await scratch.close()
+
+    async def reopen_commit(self) -> None:
+        """Make the staged state current (children have already been committed)."""
+        options, flags = self._reopen_new
+        reopen = getattr(self, "reopen", None)
+        if reopen is not None:
+            if flags != self.flags:
+                await reopen(options, flags)
+        else:
+            await self.open(options, flags)
+        self.flags = flags
+        self._open_options = options
+
+    async def reopen_abort(self) -> None:
+        """Undo what reopen_prepare() applied."""
+        if self._reopen_applied:
+            options, flags = self._reopen_old
+            reopen = getattr(self, "reopen", None)
+            if reopen is not None:
+                await reopen(options, flags)
+            self.flags = flags
 
     @abc.abstractmethod
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
