@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import blockd.qom_throttle  # noqa: F401  (registers the throttle-group type)
 from blockd.qmp.dispatch import CommandContext, qmp_command
 
 
