@@ -150,6 +150,8 @@ class BlockDriver(abc.ABC):
     child_specs: ClassVar[tuple[ChildSpec, ...]] = ()
     # Drivers without reopen support make blockdev-reopen fail with QEMU's text.
     supports_reopen: ClassVar[bool] = True
+    # True when child_specs were filled in by the default rule above.
+    default_child_specs: ClassVar[bool] = False
     # Driver options that may be omitted on reopen (QEMU's mutable_opts); None =
     # every option may return to its default.
     mutable_opts: ClassVar[frozenset[str] | None] = None
@@ -157,6 +159,8 @@ class BlockDriver(abc.ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "child_specs" not in cls.__dict__ and not cls.child_specs:
+            # Remember that these are defaults, not the driver's own declaration.
+            cls.default_child_specs = True
             if cls.is_protocol:
                 cls.child_specs = ()
             elif cls.is_filter:
@@ -323,7 +327,8 @@ def _load_builtin_drivers() -> None:
     # Import for the registration side effect; done lazily so base.py has no cycles.
     import importlib
 
-    for mod in ("file", "raw", "null", "qcow2"):
+    for mod in ("file", "raw", "null", "qcow2", "throttle", "compress", "copy_on_read",
+                "blkdebug", "blkverify", "quorum"):
         name = f"blockd.drivers.{mod}"
         try:
             importlib.import_module(name)
