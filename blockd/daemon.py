@@ -109,6 +109,11 @@ class Daemon:
         self.chardevs: dict[str, Chardev] = {}
         self.monitors: list[Monitor] = []
         self.shutdown_hooks: list[ShutdownHook] = []
+        # The block graph; its hook runs last at shutdown (jobs/exports first).
+        from blockd.graph import NodeRegistry
+
+        self.graph = NodeRegistry()
+        self.shutdown_hooks.append(self._close_graph)
         self._shutdown = asyncio.Event()
         self._stopped = False
 
@@ -153,8 +158,14 @@ class Daemon:
     # -- block layer lookups (the node graph replaces these) ----------------------
 
     def lookup_bs(self, node_name: str) -> Any:
-        """The node named ``node_name`` (QEMU's bdrv_lookup_bs with no device)."""
-        raise GenericError(f"Cannot find device='' nor node-name='{node_name}'")
+        """The driver of the node named ``node_name`` (bdrv_lookup_bs, no device)."""
+        return self.graph.find(node_name, node_name).driver
+
+    async def _close_graph(self) -> None:
+        """Flush and close every node so that locks are gone when we exit."""
+        from blockd.graph.opener import close_all
+
+        await close_all(self.graph)
 
     def lookup_device(self, qdev_id: str) -> Any:
         """The node attached to the emulated device ``qdev_id``."""

@@ -1,4 +1,4 @@
 """QMP command handlers, one module per topic; importing registers them."""
 
-from blockd.commands import control, hmp, qom  # noqa: F401
+from blockd.commands import block, control, hmp, qom  # noqa: F401
 from blockd.commands import block_query  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from blockd.graph.naming import AutoNamer
 from blockd.graph.node import BlockNode
 from blockd.qmp.errors import GenericError
 
@@ -15,8 +16,8 @@ class NodeRegistry:
 
     def __init__(self) -> None:
         self._nodes: dict[str, BlockNode] = {}
-        # Counter behind "#blockNNN" names (QEMU's id_generate(ID_BLOCK)).
-        self._next_auto = 0
+        # Generator of "#blockNNN" names (QEMU's id_generate(ID_BLOCK)).
+        self.namer = AutoNamer()
 
     def lookup(self, node_name: str) -> BlockNode | None:
         """The node named ``node_name`` or None (bdrv_find_node)."""
@@ -58,11 +59,3 @@ class NodeRegistry:
     def remove(self, node: BlockNode) -> None:
         if self._nodes.get(node.node_name) is node:
             del self._nodes[node.node_name]
-
-    def auto_name(self) -> str:
-        """A fresh "#blockNNN" name (id_generate: counter, 3 digits, never reused)."""
-        while True:
-            name = f"#block{self._next_auto:03d}"
-            self._next_auto += 1
-            if name not in self._nodes:
-                return name

@@ -1,0 +1,382 @@
+"""blockdev-add: open a node tree from BlockdevOptions (QEMU's bdrv_open_inherit).
+
+Children given inline are opened as part of their parent (they inherit its
+options and get ``inherits_from``), children given by name are referenced,
+a qcow2 backing file named in the image header is opened implicitly relative to
+the overlay, ``backing: null`` opens none.  Unnamed nodes are "#blockNNN".
+A failure closes everything opened so far and detaches every edge made, so a
+failed blockdev-add leaves no node, no lock and no open file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec, OpenFlags, driver_class
+from blockd.drivers.open import probe_format, resolve_backing_path
+from blockd.graph import permissions
+from blockd.graph.naming import AutoNamer, check_node_name
+from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child
+from blockd.graph.options import (
+    driver_options,
+    extract_sub,
+    has_sub,
+    inherit,
+    root_defaults,
+)
+from blockd.graph.registry import NodeRegistry
+from blockd.qmp.errors import GenericError
+
+_DISCARD = {"ignore": "ignore", "off": "ignore", "unmap": "unmap", "on": "unmap"}
+
+
+def parse_generic(options: dict[str, Any]) -> tuple[bool, bool, bool, str, str]:
+    """(read_only, auto_read_only, force_share, discard, detect_zeroes) with
+    bdrv_open_common()'s checks and texts, in its order."""
+    read_only = bool(options.get("read-only", False))
+    auto_ro = bool(options.get("auto-read-only", False))
+    force_share = bool(options.get("force-share", False))
+    if force_share and not read_only:
+        raise GenericError("force-share=on can only be used with read-only images")
+    d = options.get("discard", "ignore")
+    if d not in _DISCARD:
+        raise GenericError("Invalid discard option")
+    discard = _DISCARD[d]
+    dz = options.get("detect-zeroes", "off")
+    if dz == "unmap" and discard != "unmap":
+        raise GenericError(
+            "setting detect-zeroes to unmap is not allowed without setting discard "
+            "operation to unmap"
+        )
+    return read_only, auto_ro, force_share, discard, dz
+
+
+def open_flags(node: BlockNode, options: dict[str, Any]) -> OpenFlags:
+    return OpenFlags(
+        read_only=node.read_only,
+        cache_direct=bool(options.get("cache.direct", False)),
+        cache_no_flush=bool(options.get("cache.no-flush", False)),
+        discard_unmap=node.discard == "unmap",
+        force_share=node.force_share,
+        locking=str(options.get("locking", "auto")),
+    )
+
+
+_RAW_SPECS = (ChildSpec("file", "file", ChildRole.FILTERED | ChildRole.PRIMARY),)
+
+
+def child_specs_of(drv: type[BlockDriver]) -> tuple[ChildSpec, ...]:
+    """The driver's children; raw given explicitly is a filter over its file
+    (raw_open: BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY) unless it says otherwise."""
+    if drv.name == "raw" and drv.__dict__.get("default_child_specs", False):
+        return _RAW_SPECS
+    return drv.child_specs
+
+
+def child_option_names(drv: type[BlockDriver]) -> set[str]:
+    return {s.option for s in child_specs_of(drv)}
+
+
+class GraphOpener:
+    """One blockdev-add (or one reopen's new children): remembers what it made."""
+
+    def __init__(self, graph: NodeRegistry, namer: AutoNamer) -> None:
+        self.graph = graph
+        self.namer = namer
+        self.created: list[BlockNode] = []
+        self.edges: list[BdrvChild] = []
+
+    async def rollback(self) -> None:
+        """Detach every edge made and close every node opened, newest first."""
+        touched: list[BlockNode] = []
+        for c in reversed(self.edges):
+            detach_child(c)
+            touched.append(c.child)
+        for node in reversed(self.created):
+            await close_node(self.graph, node)
+        # Referenced nodes drop the permissions the new parents took.
+        alive = [n for n in touched if not n.closed]
+        if alive:
+            try:
+                permissions.refresh(alive)
+            except GenericError:
+                pass
+
+    def _attach(
+        self, parent: BlockNode, child: BlockNode, spec: ChildSpec, name: str
+    ) -> BdrvChild:
+        c = attach_child(parent, child, name, spec.role, slot=spec.slot)
+        self.edges.append(c)
+        # Take the permissions now: the driver may write during open.
+        permissions.refresh([parent])
+        return c
+
+    async def open(
+        self,
+        flat: dict[str, Any],
+        parent_options: dict[str, Any] | None = None,
+        role: ChildRole | None = None,
+    ) -> BlockNode:
+        """Open one node (and its inline children) from flattened options."""
+        options = dict(flat)
+        explicit = dict(flat)
+        if parent_options is None or role is None:
+            root_defaults(options)
+        else:
+            inherit(options, parent_options, role)
+        cls = driver_class(str(options["driver"]))
+        node = BlockNode(node_name="", driver=cls(), options=options,
+                         explicit_options=explicit)
+        node.read_only = bool(options.get("read-only", False))
+        node.auto_read_only = bool(options.get("auto-read-only", False))
+
+        specs = [s for s in child_specs_of(cls) if s.slot != "backing"]
+        pending: list[tuple[BlockNode, ChildSpec, str]] = []
+        try:
+            for spec in specs:
+                await self._open_child(node, spec, options, pending)
+            (node.read_only, node.auto_read_only, node.force_share, node.discard,
+             node.detect_zeroes) = parse_generic(options)
+            node.cache_direct = bool(options.get("cache.direct", False))
+            node.cache_no_flush = bool(options.get("cache.no-flush", False))
+            given = options.get("node-name")
+            if given is not None:
+                check_node_name(str(given), given in self.graph)
+                node.node_name = str(given)
+            else:
+                node.node_name = self.namer.next()
+                node.auto_named = True
+                options["node-name"] = node.node_name
+            self.graph.add(node)
+            self.created.append(node)
+            for child, spec, key in pending:
+                self._attach(node, child, spec, key)
+            if node.auto_read_only and not node.read_only and any(
+                c.child.read_only and c.role & (ChildRole.DATA | ChildRole.FILTERED)
+                for c in node.children
+            ):
+                # The storage below could only be opened read-only: so are we.
+                node.read_only = True
+                options["read-only"] = True
+            await self._open_driver(node, options)
+        except BaseException:
+            # Inline children are in self.created; the caller rolls back.
+            raise
+        backing = [s for s in child_specs_of(cls) if s.slot == "backing"]
+        for spec in backing:
+            await self._open_backing(node, spec, options)
+        return node
+
+    async def _open_driver(self, node: BlockNode, options: dict[str, Any]) -> None:
+        drv = node.driver
+        dopts = driver_options(options, child_option_names(type(drv)))
+        flags = open_flags(node, options)
+        try:
+            await drv.open(dopts, flags)
+        except GenericError as e:
+            if not (node.auto_read_only and not node.read_only and drv.is_protocol
+                    and _is_ro_error(e.desc)):
+                node.driver = type(drv)()
+                raise
+            # auto-read-only: degrade to read-only instead of failing.
+            node.read_only = True
+            options["read-only"] = True
+            flags.read_only = True
+            await drv.open(dopts, flags)
+        drv.flags = flags
+        drv._open_options = dopts
+        # Remember the header's backing file name (bs->backing_file).
+        bf = getattr(drv, "backing_file", None)
+        node.backing_file = bf or ""
+        node.backing_format = getattr(drv, "backing_format", None) or ""
+        permissions.refresh([node])
+
+    async def _open_child(
+        self, node: BlockNode, spec: ChildSpec, options: dict[str, Any],
+        pending: list[tuple[BlockNode, ChildSpec, str]],
+    ) -> None:
+        """Open or look up one child; attaching waits until the parent has a name
+        (QEMU attaches in the driver's open, after bdrv_assign_node_name)."""
+        key = spec.option
+        if spec.multiple:
+            i = 0
+            while f"{key}.{i}" in options or has_sub(options, f"{key}.{i}"):
+                one = ChildSpec(f"{key}.{i}", "extra", spec.role, True)
+                await self._open_child(node, one, options, pending)
+                i += 1
+            return
+        if key in options:
+            ref = options[key]
+            if ref is None:
+                if spec.required:
+                    raise GenericError(f'A block device must be specified for "{key}"')
+                return
+            child = self.graph.lookup(str(ref))
+            if child is None:
+                raise GenericError(f"Cannot find device='{ref}' nor node-name='{ref}'")
+            pending.append((child, spec, key))
+            return
+        if not has_sub(options, key):
+            if spec.required:
+                raise GenericError(f'A block device must be specified for "{key}"')
+            return
+        child_opts = extract_sub(options, key)
+        extract_sub(node.explicit_options, key)
+        child = await self.open(child_opts, options, spec.role)
+        child.inherits_from = node
+        options[key] = child.node_name
+        pending.append((child, spec, key))
+
+    async def _open_backing(
+        self, node: BlockNode, spec: ChildSpec, options: dict[str, Any]
+    ) -> None:
+        key = spec.option
+        if key in options:
+            ref = options.pop(key)
+            node.explicit_options.pop(key, None)
+            if ref is None:
+                return
+            child = self.graph.lookup(str(ref))
+            if child is None:
+                raise GenericError(f"Cannot find device='{ref}' nor node-name='{ref}'")
+            self._attach(node, child, spec, key)
+            return
+        if has_sub(options, key):
+            sub = extract_sub(options, key)
+            extract_sub(node.explicit_options, key)
+        elif node.backing_file:
+            path = resolve_backing_path(node.filename, node.backing_file)
+            sub = {"driver": node.backing_format or await _probe(path),
+                   "file.driver": "file", "file.filename": path}
+        else:
+            return
+        try:
+            child = await self.open(sub, options, spec.role)
+        except GenericError as e:
+            raise GenericError(f"Could not open backing file: {e.desc}") from None
+        child.inherits_from = node
+        self._attach(node, child, spec, key)
+
+
+def _is_ro_error(desc: str) -> bool:
+    return desc.endswith((os.strerror(errno.EACCES), os.strerror(errno.EROFS),
+                          os.strerror(errno.EPERM)))
+
+
+async def _probe(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise GenericError(f"Could not open '{path}': {os.strerror(e.errno or 5)}") from None
+    return probe_format(head)
+
+
+async def close_node(graph: NodeRegistry, node: BlockNode) -> None:
+    """Detach a node's children, close its driver, forget its name."""
+    if node.closed:
+        return
+    node.closed = True
+    graph.remove(node)
+    set_perms = getattr(node.driver, "set_perms", None)
+    if set_perms is not None and node.perm:
+        try:
+            set_perms(0, 0xF)
+        except GenericError:
+            pass
+    try:
+        # The driver closes with its children still attached (qcow2 flushes
+        # and marks the image clean through its file).
+        await node.driver.close()
+    except Exception:  # closing must go on for the rest of the graph
+        pass
+    for c in list(node.children):
+        detach_child(c)
+
+
+async def blockdev_add(graph: NodeRegistry, args: dict[str, Any]) -> BlockNode:
+    """qmp_blockdev_add(): open a monitor-owned root from visited BlockdevOptions."""
+    if "node-name" not in args:
+        raise GenericError("'node-name' must be specified for the root node")
+    from blockd.graph.options import flatten
+
+    op = GraphOpener(graph, graph.namer)
+    try:
+        node = await op.open(flatten(args))
+    except BaseException:
+        await op.rollback()
+        raise
+    node.monitor_owned = True
+    node.refcount += 1
+    return node
+
+
+def _busy_reason(node: BlockNode) -> str | None:
+    """The op blocker QEMU puts on backing files (bdrv_set_backing_hd)."""
+    for c in node.parents:
+        if c.name == "backing" and c.parent is not None:
+            return f"node is used as backing hd of '{c.parent.node_name}'"
+    return None
+
+
+async def blockdev_del(graph: NodeRegistry, node_name: str) -> None:
+    """qmp_blockdev_del(): checks in QEMU's order, then release the root."""
+    node = graph.lookup(node_name)
+    if node is None:
+        raise GenericError(f"Failed to find node with node-name='{node_name}'")
+    if any(c.parent is None for c in node.parents):
+        raise GenericError(f"Node {node_name} is in use")
+    busy = _busy_reason(node)
+    if busy is not None:
+        raise GenericError(f"Node '{node_name}' is busy: {busy}")
+    if not node.monitor_owned:
+        raise GenericError(f"Node {node_name} is not owned by the monitor")
+    if node.refcount > 1:
+        raise GenericError(f"Block device {node_name} is in use")
+    node.monitor_owned = False
+    await unref(graph, node)
+
+
+async def unref(graph: NodeRegistry, node: BlockNode) -> None:
+    """Drop one reference; at zero flush and close the node, then release what it
+    held: its children lose an edge each and close when nobody else holds them."""
+    node.refcount -= 1
+    if node.refcount > 0 or node.closed:
+        return
+    try:
+        await node.driver.flush()
+    except Exception:
+        pass
+    children = [c for c in node.children]
+    await close_node(graph, node)
+    for c in children:
+        # close_node detached the edge (refcount - 1 already).
+        child = c.child
+        if child.refcount <= 0 and not child.monitor_owned:
+            child.refcount = 1
+            await unref(graph, child)
+        elif not child.closed:
+            if child.inherits_from is node:
+                child.inherits_from = None
+            try:
+                permissions.refresh([child])
+            except GenericError:
+                pass
+
+
+async def close_all(graph: NodeRegistry) -> None:
+    """Shutdown: flush and close every node, parents before children."""
+    nodes = graph.all_nodes()
+    try:
+        order = permissions.topo_order(nodes)
+    except GenericError:
+        order = list(reversed(nodes))
+    for node in order:
+        try:
+            await node.driver.flush()
+        except Exception:
+            pass
+    for node in order:
+        await close_node(graph, node)

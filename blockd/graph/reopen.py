@@ -1,0 +1,343 @@
+"""blockdev-reopen / x-blockdev-reopen: QEMU's transactional reopen queue.
+
+``queue_child`` builds the queue as bdrv_reopen_queue_child() does: the named
+nodes with the given options (omitted options return to their defaults), plus
+every child that inherits from a queued node (given inline, or inheriting
+defaults).  Every entry is checked first (generic options, reset rules,
+``backing``/``file`` replacement, unchanged options), then the edge changes and
+the permissions of the whole graph, then the drivers prepare; any failure
+aborts everything, so a failed reopen changes nothing.  Commit cannot fail.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from blockd.drivers.base import ChildRole, ChildSpec
+from blockd.drivers.file import FileDriver
+from blockd.drivers.locking import ImageLock
+from blockd.graph import permissions
+from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child, has_descendant
+from blockd.graph.opener import child_option_names, child_specs_of, open_flags, parse_generic
+from blockd.graph.options import GENERIC_KEYS, extract_sub, flatten, has_sub, inherit
+from blockd.graph.registry import NodeRegistry
+from blockd.qmp.errors import GenericError
+from blockd.qmp.qdict import qdict_keys
+
+# Driver options each driver can change on reopen (its bdrv_reopen_prepare
+# consumes them) and may reset to the default (QEMU's mutable_opts).
+_REOPENABLE: dict[str, frozenset[str] | None] = {
+    "file": frozenset({"x-check-cache-dropped", "drop-cache"}),
+    "raw": frozenset({"offset", "size"}),
+    "qcow2": None,  # every runtime option
+    "null-co": frozenset(),
+    "null-aio": frozenset(),
+}
+
+
+@dataclass
+class Entry:
+    node: BlockNode
+    options: dict[str, Any]
+    explicit: dict[str, Any]
+    backing_missing: bool = False
+    read_only: bool = True
+    auto_read_only: bool = False
+    force_share: bool = False
+    discard: str = "ignore"
+    detect_zeroes: str = "off"
+    # Staged edge changes: (child option, new node or None).
+    new_children: list[tuple[str, BlockNode | None]] = field(default_factory=list)
+    new_fd: int = -1
+    prepared: bool = False
+
+
+def queue_child(
+    queue: list[Entry],
+    node: BlockNode,
+    options: dict[str, Any],
+    parent_options: dict[str, Any] | None,
+    role: ChildRole | None,
+    keep_old: bool,
+) -> None:
+    """bdrv_reopen_queue_child() over flattened options."""
+    entry = next((e for e in queue if e.node is node), None)
+    options = dict(options)
+    if entry is not None or keep_old:
+        old = entry.explicit if entry is not None else node.explicit_options
+        for k, v in old.items():
+            options.setdefault(k, v)
+    explicit = dict(options)
+    if parent_options is not None and role is not None:
+        inherit(options, parent_options, role)
+    if keep_old:
+        for k, v in node.options.items():
+            options.setdefault(k, v)
+    if entry is None:
+        entry = Entry(node, options, explicit)
+        queue.append(entry)
+    else:
+        entry.options, entry.explicit = options, explicit
+    if not keep_old:
+        entry.backing_missing = "backing" not in options and "backing.driver" not in options
+    for c in list(node.children):
+        if c.child.inherits_from is not node:
+            continue
+        child_keep = keep_old
+        child_opts: dict[str, Any] = {}
+        if c.name in options:
+            if options[c.name] != c.child.node_name:
+                continue
+            child_keep = True
+        else:
+            child_opts = extract_sub(options, c.name)
+            extract_sub(explicit, c.name)
+        queue_child(queue, c.child, child_opts, options, c.role, child_keep)
+
+
+async def reopen_multiple(
+    graph: NodeRegistry, items: list[dict[str, Any]], compat: str = "7.2"
+) -> None:
+    """qmp_blockdev_reopen(): queue every item, then reopen all atomically."""
+    queue: list[Entry] = []
+    for item in items:
+        if "node-name" not in item:
+            raise GenericError(
+                "Node name not specified" if compat == "6.0" else "node-name not specified"
+            )
+        name = str(item["node-name"])
+        node = graph.lookup(name)
+        if node is None:
+            raise GenericError(f"Failed to find node with node-name='{name}'")
+        queue_child(queue, node, flatten(item), None, None, False)
+    if queue:
+        await _reopen(graph, queue)
+
+
+def _check_entry(graph: NodeRegistry, e: Entry) -> None:
+    """bdrv_reopen_prepare()'s checks that have no side effects."""
+    node = e.node
+    opts = dict(e.options)
+    (e.read_only, e.auto_read_only, e.force_share, e.discard,
+     e.detect_zeroes) = parse_generic(opts)
+    for k in GENERIC_KEYS - {"driver", "node-name", "force-share"}:
+        opts.pop(k, None)
+    drv = node.driver
+    if not drv.supports_reopen:
+        raise GenericError(
+            f"Block format '{drv.name}' used by node '{node.node_name}' does not "
+            "support reopening files"
+        )
+    children = child_option_names(type(drv))
+    reopenable = _REOPENABLE.get(drv.name, type(drv).mutable_opts)
+    # Omitted driver options return to their defaults only if the driver allows.
+    for k in qdict_keys(node.options):
+        if k in GENERIC_KEYS or k.split(".", 1)[0] in children or k in opts:
+            continue
+        if reopenable is not None and k not in reopenable:
+            raise GenericError(f"Option '{k}' cannot be reset to its default value")
+    if drv.supports_backing and e.backing_missing and (
+        node.backing is not None or node.backing_file
+    ):
+        raise GenericError(f"backing is missing for '{node.node_name}'")
+    for key in ("backing", "file"):
+        if key not in opts or isinstance(opts[key], dict):
+            continue
+        _stage_child(graph, e, key, opts.pop(key))
+    for k in qdict_keys(opts):
+        if reopenable is None and k not in ("driver", "node-name", "force-share") \
+                and k.split(".", 1)[0] not in children:
+            continue
+        if reopenable is not None and k in reopenable:
+            continue
+        new = opts[k]
+        if isinstance(new, str):
+            c = node.child(k)
+            if c is not None and c.child.node_name == new:
+                continue
+        if k not in node.options or node.options[k] != new or type(new) is not type(
+            node.options[k]
+        ):
+            raise GenericError(f"Cannot change the option '{k}'")
+
+
+def _stage_child(graph: NodeRegistry, e: Entry, key: str, value: Any) -> None:
+    """bdrv_reopen_parse_file_or_backing(): a reference or null for the child."""
+    node = e.node
+    if value is None:
+        new: BlockNode | None = None
+    else:
+        ref = str(value)
+        found = graph.lookup(ref)
+        if found is None:
+            raise GenericError(f"Cannot find device='' nor node-name='{ref}'")
+        if has_descendant(found, node):
+            raise GenericError(
+                f"Making '{ref}' a {key} child of '{node.node_name}' would create a cycle"
+            )
+        new = found
+    cur = node.child(key)
+    old = cur.child if cur is not None else None
+    if old is new:
+        return
+    if old is not None and old.implicit:
+        raise GenericError(f"Cannot replace implicit {key} child of {node.node_name}")
+    if cur is not None and cur.frozen:
+        raise GenericError(
+            f"Cannot change frozen '{key}' link from '{node.node_name}' to "
+            f"'{cur.child.node_name}'"
+        )
+    if key == "backing" and not node.driver.supports_backing and not node.driver.is_filter:
+        raise GenericError(
+            f"Driver '{node.driver.name}' of node '{node.node_name}' does not support "
+            "backing files"
+        )
+    e.new_children.append((key, new))
+
+
+def _spec_for(node: BlockNode, key: str) -> ChildSpec:
+    for s in child_specs_of(type(node.driver)):
+        if s.option == key:
+            return s
+    return ChildSpec(key, key if key in ("file", "backing") else "extra", ChildRole.COW)
+
+
+async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
+    for e in queue:
+        _check_entry(graph, e)
+    # Edge changes, then permissions over the whole changed graph.
+    undo: list[tuple[str, BdrvChild | None, BdrvChild | None]] = []
+    touched: list[BlockNode] = [e.node for e in queue]
+    dropped: list[BlockNode] = []
+    try:
+        for e in queue:
+            for key, new in e.new_children:
+                cur = e.node.child(key)
+                if cur is not None:
+                    detach_child(cur)
+                    touched.append(cur.child)
+                    dropped.append(cur.child)
+                made = None
+                if new is not None:
+                    spec = _spec_for(e.node, key)
+                    made = attach_child(e.node, new, key, cur.role if cur else spec.role,
+                                        slot=spec.slot)
+                    touched.append(new)
+                undo.append((key, cur, made))
+        ro_after = {id(e.node): e.read_only for e in queue}
+        permissions.refresh(touched, ro_after)
+        for e in queue:
+            await _prepare_driver(e)
+    except BaseException:
+        for e in reversed(queue):
+            if e.prepared:
+                await _abort_driver(e)
+        for _key, cur, made in reversed(undo):
+            if made is not None:
+                detach_child(made)
+            if cur is not None:
+                cur.child.parents.insert(0, cur)
+                cur.child.refcount += 1
+                if cur.parent is not None:
+                    cur.parent.children.insert(0, cur)
+                    from blockd.graph.node import _set_slot
+
+                    _set_slot(cur.parent, cur.slot, cur.name, cur.child.driver)
+        try:
+            permissions.refresh([n for n in touched if not n.closed])
+        except GenericError:
+            pass
+        raise
+    # Commit: children before parents (the queue lists parents first).
+    for e in reversed(queue):
+        await _commit_driver(e)
+        node = e.node
+        node.options = {k: v for k, v in e.options.items() if k != "backing"}
+        node.options.setdefault("node-name", node.node_name)
+        node.explicit_options = e.explicit
+        node.read_only, node.auto_read_only = e.read_only, e.auto_read_only
+        node.discard, node.detect_zeroes = e.discard, e.detect_zeroes
+        node.cache_direct = bool(e.options.get("cache.direct", False))
+        node.cache_no_flush = bool(e.options.get("cache.no-flush", False))
+    from blockd.graph.opener import unref
+
+    for old in dropped:
+        if old.inherits_from is not None and all(
+            c.parent is not old.inherits_from for c in old.parents
+        ):
+            old.inherits_from = None
+        if old.refcount <= 0 and not old.monitor_owned:
+            old.refcount = 1
+            await unref(graph, old)
+
+
+async def _prepare_driver(e: Entry) -> None:
+    node, drv = e.node, e.node.driver
+    flags = open_flags(node, e.options)
+    flags.read_only = e.read_only
+    flags.discard_unmap = e.discard == "unmap"
+    if isinstance(drv, FileDriver):
+        if drv.fd >= 0 and (flags.read_only != drv.flags.read_only
+                            or flags.cache_direct != drv.flags.cache_direct):
+            mode = os.O_CLOEXEC | (os.O_RDONLY if flags.read_only else os.O_RDWR)
+            if flags.cache_direct:
+                mode |= os.O_DIRECT
+            try:
+                e.new_fd = os.open(drv.filename, mode)
+            except OSError as err:
+                raise GenericError(
+                    f"Could not reopen file: {os.strerror(err.errno or 5)}"
+                ) from None
+        e.prepared = True
+        return
+    dopts = {k: v for k, v in e.options.items()
+             if k not in GENERIC_KEYS and k.split(".", 1)[0]
+             not in child_option_names(type(drv))}
+    from blockd.graph.options import unflatten
+
+    await drv.reopen_prepare(unflatten(dopts), flags)
+    e.prepared = True
+
+
+async def _abort_driver(e: Entry) -> None:
+    drv = e.node.driver
+    if isinstance(drv, FileDriver):
+        if e.new_fd >= 0:
+            os.close(e.new_fd)
+            e.new_fd = -1
+        return
+    try:
+        await drv.reopen_abort()
+    except Exception:
+        pass
+
+
+async def _commit_driver(e: Entry) -> None:
+    node, drv = e.node, e.node.driver
+    flags = open_flags(node, e.options)
+    flags.read_only = e.read_only
+    flags.discard_unmap = e.discard == "unmap"
+    if isinstance(drv, FileDriver):
+        if e.new_fd >= 0:
+            old_fd, old_lock = drv.fd, drv.lock
+            drv.fd = e.new_fd
+            if old_lock is not None:
+                lock = ImageLock(e.new_fd, drv.filename)
+                lock._apply(old_lock.locked_perm, old_lock.locked_unshared)
+                drv.lock = lock
+            os.close(old_fd)
+            e.new_fd = -1
+        flags.locking = drv.flags.locking
+        drv.flags = flags
+        return
+    try:
+        await drv.reopen_commit()
+    except Exception:  # commit must not fail half-way through the queue
+        pass
+    drv.flags = flags
+
+
+def has_inline(options: dict[str, Any], key: str) -> bool:
+    return has_sub(options, key)
