@@ -1,0 +1,387 @@
+"""compress, copy-on-read, blkdebug, blkverify and quorum over real images.
+
+Children are wired by hand (``drv.file`` / ``drv.extra_children``) over images
+opened with the tools' opener; data is checked against what was written and,
+where it applies, against real qemu-img/qemu-io.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blockd.drivers.base import BlockDriver, BlockStatusFlag, OpenFlags
+from blockd.drivers.blkdebug import BlkdebugDriver, debug_event, parse_config, parse_filename
+from blockd.drivers.blkverify import BlkverifyDriver, BlkverifyMismatch
+from blockd.drivers.compress import CompressDriver
+from blockd.drivers.copy_on_read import CopyOnReadDriver
+from blockd.drivers.open import close_image, open_image
+from blockd.drivers.quorum import QuorumDriver
+from blockd.qmp.errors import GenericError
+
+KiB = 1024
+RW = OpenFlags(read_only=False)
+
+
+def _run(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+
+
+def _qcow2(qemu_img: str, path: Path, size: str = "1M", *extra: str) -> str:
+    _run(qemu_img, "create", "-f", "qcow2", *extra, str(path), size)
+    return str(path)
+
+
+async def _wire(drv: BlockDriver, options: dict[str, Any], file: BlockDriver | None = None,
+                **extra: BlockDriver) -> BlockDriver:
+    drv.file = file
+    drv.extra_children.update(extra)
+    await drv.open(options, RW)
+    return drv
+
+
+# --- compress ------------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+async def test_compress_writes_compressed_clusters(tmp_path: Path, qemu_img: str,
+                                                   qemu_io: str) -> None:
+    img = _qcow2(qemu_img, tmp_path / "c.qcow2")
+    top = await open_image(img, "qcow2", read_only=False)
+    drv = await _wire(CompressDriver(), {}, top)
+    assert drv.refresh_limits().request_alignment == 65536
+    await drv.write(0, bytes([0xA1]) * (64 * KiB))
+    # Unaligned: padded to the whole cluster with the (zero) content around it.
+    await drv.write(65536 + 4096, bytes([0xA2]) * 512)
+    await drv.write_zeroes(3 * 65536, 65536)
+    # Writing compressed over an allocated cluster fails as in QEMU (EIO).
+    with pytest.raises(OSError) as ei:
+        await drv.write(0, bytes([0xA3]) * 512)
+    assert ei.value.errno == errno.EIO
+    assert await drv.read(0, 65536) == bytes([0xA1]) * 65536
+    await drv.flush()
+    await close_image(top)
+    out = _run(qemu_io, "-f", "qcow2", "-c", "read -P 0xa1 0 64k", "-c", "read -P 0 64k 4k",
+               "-c", "read -P 0xa2 68k 512", "-c", "read -P 0 68.5k 59.5k", img)
+    assert "Pattern verification failed" not in out
+    assert _run(qemu_img, "check", img).startswith("No errors were found")
+    # The L2 entries of clusters 0 and 1 carry the compressed flag (0x40 in byte 0).
+    with open(img, "rb") as f:
+        f.seek(0x40000)  # first L2 table of a fresh 1M image (cluster 4)
+        l2 = f.read(16)
+    assert l2[0] & 0x40 and l2[8] & 0x40
+
+
+async def test_compress_refuses_children_without_compression(tmp_path: Path) -> None:
+    raw = tmp_path / "r.raw"
+    raw.write_bytes(bytes(65536))
+    top = await open_image(str(raw), "raw", read_only=False)
+    try:
+        with pytest.raises(GenericError) as ei:
+            await _wire(CompressDriver(), {}, top)
+        assert ei.value.desc == "Compression is not supported for underlying format: raw"
+    finally:
+        await close_image(top)
+
+
+# --- copy-on-read ------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+async def test_copy_on_read_populates_top(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
+    base = _qcow2(qemu_img, tmp_path / "base.qcow2")
+    mid = str(tmp_path / "mid.qcow2")
+    top_path = str(tmp_path / "top.qcow2")
+    _run(qemu_io, "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x12 128k 64k",
+         base)
+    _run(qemu_img, "create", "-f", "qcow2", "-b", base, "-F", "qcow2", mid)
+    _run(qemu_io, "-f", "qcow2", "-c", "write -P 0x22 64k 64k", mid)
+    _run(qemu_img, "create", "-f", "qcow2", "-b", mid, "-F", "qcow2", top_path)
+
+    # With bottom=mid: what mid provides is copied, what only base has is not.
+    top = await open_image(top_path, "qcow2", read_only=False)
+    assert top.backing is not None
+    mid_drv = top.backing
+    cor = CopyOnReadDriver()
+    cor.file = top
+    await cor.open({"bottom": "mid"}, OpenFlags(read_only=False, extra={
+        "lookup-node": lambda name: mid_drv if name == "mid" else None}))
+    data = await cor.read(0, 192 * KiB)
+    assert data == bytes([0x11]) * 65536 + bytes([0x22]) * 65536 + bytes([0x12]) * 65536
+    assert not (await top.block_status(0, 65536)).flags & BlockStatusFlag.ALLOCATED
+    assert (await top.block_status(65536, 65536)).flags & BlockStatusFlag.ALLOCATED
+    with pytest.raises(GenericError) as ei:
+        await _wire(CopyOnReadDriver(), {"bottom": "nope"}, top)
+    assert ei.value.desc == "Bottom node 'nope' not found"
+
+    # Without bottom: everything read is copied up (partial read -> whole cluster).
+    cor2 = await _wire(CopyOnReadDriver(), {}, top)
+    assert await cor2.read(4096, 512) == bytes([0x11]) * 512
+    await close_image(top)
+    out = _run(qemu_io, "-f", "qcow2", "-c", "map", top_path)
+    assert "128 KiB (0x20000) bytes     allocated at offset 0 bytes (0x0)" in out
+    # The copied data really is in the top image.
+    _run(qemu_img, "rebase", "-u", "-b", "", top_path)
+    out = _run(qemu_io, "-f", "qcow2", "-c", "read -P 0x11 0 64k", "-c", "read -P 0x22 64k 64k",
+               "-c", "read -P 0 128k 64k", top_path)
+    assert "Pattern verification failed" not in out
+
+
+# --- blkdebug --------------------------------------------------------------------
+
+
+async def _blkdebug(tmp_path: Path, options: dict[str, Any]) -> BlkdebugDriver:
+    raw = tmp_path / "d.raw"
+    if not raw.exists():
+        raw.write_bytes(bytes(1 << 20))
+    image = await open_image(str(raw), "file", read_only=False)
+    drv = BlkdebugDriver()
+    drv.file = image
+    try:
+        await drv.open(options, RW)
+    except BaseException:
+        await close_image(image)
+        raise
+    return drv
+
+
+async def test_blkdebug_config_file_and_events(tmp_path: Path) -> None:
+    conf = tmp_path / "bd.conf"
+    conf.write_text('[inject-error]\nevent = "read_aio"\nerrno = "28"\nsector = "8"\n'
+                    'once = "on"\n\n# comment\n[set-state]\nevent = "write_aio"\n'
+                    'new_state = "2"\n[inject-error]\nevent = "write_aio"\nstate = "2"\n'
+                    'iotype = "write"\n')
+    drv = await _blkdebug(tmp_path, {"config": str(conf)})
+    try:
+        await drv.write(0, b"x" * 8192)
+        assert await drv.read(0, 8192) == b"x" * 8192  # no event fired yet
+        debug_event(drv, "read_aio")
+        assert await drv.read(0, 4096) == b"x" * 4096  # sector 8 not touched
+        with pytest.raises(OSError) as ei:
+            await drv.read(0, 8192)
+        assert ei.value.errno == errno.ENOSPC
+        assert str(ei.value) == "[Errno 28] No space left on device"
+        assert await drv.read(0, 8192) == b"x" * 8192  # once
+        # write_aio: state 1 -> 2 (the inject rule needs state 2, so not this time).
+        debug_event(drv, "write_aio")
+        assert drv.state == 2
+        debug_event(drv, "write_aio")
+        with pytest.raises(OSError) as ei:
+            await drv.write(0, b"y")
+        assert ei.value.errno == errno.EIO
+        await drv.read(0, 512)  # iotype=write only
+    finally:
+        await close_image(drv.image())
+
+
+async def test_blkdebug_options_none_and_pwritev_events(tmp_path: Path) -> None:
+    drv = await _blkdebug(tmp_path, {"inject-error": [{"event": "none", "sector": 1}]})
+    try:
+        assert await drv.read(0, 512) == bytes(512)
+        with pytest.raises(OSError) as ei:
+            await drv.read(512, 512)
+        assert ei.value.errno == errno.EIO
+        await drv.flush()  # flush has no offset: sector rules do not match it
+    finally:
+        await close_image(drv.image())
+    drv = await _blkdebug(tmp_path, {"inject-error": [{"event": "pwritev", "errno": 28}]})
+    try:
+        await drv.read(0, 512)
+        with pytest.raises(OSError) as ei:
+            await drv.write(0, b"z" * 512)
+        assert ei.value.errno == errno.ENOSPC
+        # Active rules persist: now reads fail too (as in QEMU).
+        with pytest.raises(OSError):
+            await drv.read(0, 512)
+    finally:
+        await close_image(drv.image())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"align": 3}, "Cannot meet constraints with align 3"),
+        ({"align": 512, "max-transfer": 100}, "Cannot meet constraints with max-transfer 100"),
+        ({"opt-discard": 64, "max-discard": 100}, "Cannot meet constraints with max-discard 100"),
+        ({"inject-error": [{"event": "nope"}]}, "invalid parameter value: nope"),
+        ({"inject-error": [{"event": "read_aio", "iotype": "bad"}]},
+         "invalid parameter value: bad"),
+        ({"config": "/non/existent"},
+         "Could not read blkdebug config file: No such file or directory"),
+    ],
+)
+async def test_blkdebug_open_errors(tmp_path: Path, options: dict[str, Any],
+                                    message: str) -> None:
+    with pytest.raises(GenericError) as ei:
+        await _blkdebug(tmp_path, options)
+    assert ei.value.desc == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[inject-error]\nevent = "nope"\n', None),
+        ('[inject-error]\nerrno = "5"\n', None),
+        ('[bogus]\nevent = "read_aio"\n', "There is no option group 'bogus'"),
+        ('event = "read_aio"\n', "no group defined"),
+        ('[inject-error]\nevent = "read_aio"\nfoo = "1"\n', "Invalid parameter 'foo'"),
+        ('[inject-error]\nerrno = "x"\n', "Parameter 'errno' expects a number"),
+        ('[inject-error]\n  garbage\n', "Invalid parameter 'garbage'"),
+    ],
+)
+def test_blkdebug_config_parse_errors(text: str, message: str | None) -> None:
+    if message is None:
+        parse_config(text)  # rule-level errors come later (make_rule)
+        return
+    with pytest.raises(GenericError) as ei:
+        parse_config(text)
+    assert ei.value.desc == message
+
+
+def test_blkdebug_filename() -> None:
+    assert parse_filename("blkdebug:/c.conf:/img") == {"x-image": "/img", "config": "/c.conf"}
+    assert parse_filename("blkdebug::/img") == {"x-image": "/img"}
+    with pytest.raises(GenericError) as ei:
+        parse_filename("blkdebug:nocolon")
+    assert ei.value.desc == "blkdebug requires both config file and image path"
+
+
+@pytest.mark.qemu
+async def test_blkdebug_texts_match_qemu_io(tmp_path: Path, qemu_io: str) -> None:
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(bytes(1 << 20))
+    conf = tmp_path / "c.conf"
+    conf.write_text('[inject-error]\nevent = "none"\nsector = "1"\n')
+    spec = ('json:{"driver":"blkdebug","config":"%s","image":{"driver":"file",'
+            '"filename":"%s"}}' % (conf, raw))
+    out = subprocess.run([qemu_io, "-c", "read 512 512", spec], capture_output=True,
+                         text=True).stdout
+    drv = await _blkdebug(tmp_path, {"config": str(conf)})
+    try:
+        with pytest.raises(OSError) as ei:
+            await drv.read(512, 512)
+    finally:
+        await close_image(drv.image())
+    assert out.strip() == f"read failed: {ei.value.strerror}"
+
+
+# --- blkverify ----------------------------------------------------------------------
+
+
+async def test_blkverify_compares_reads(tmp_path: Path, capfd: pytest.CaptureFixture[str]
+                                        ) -> None:
+    t, r = tmp_path / "t.raw", tmp_path / "r.raw"
+    t.write_bytes(bytes(1 << 20))
+    r.write_bytes(bytes(1 << 20))
+    test = await open_image(str(t), "raw", read_only=False)
+    ref = await open_image(str(r), "file", read_only=False)
+    drv = BlkverifyDriver()
+    await _wire(drv, {}, ref, test=test)
+    try:
+        await drv.write(0, b"\x05" * 8192)
+        assert await drv.read(0, 8192) == b"\x05" * 8192
+        await test.write(4096 + 7, b"\x09")
+        with pytest.raises(BlkverifyMismatch) as ei:
+            await drv.read(0, 8192)
+        assert ei.value.errno == errno.EIO
+        line = "blkverify: read offset=0 bytes=8192 contents mismatch at offset 4103"
+        assert ei.value.message == line
+        assert line in capfd.readouterr().err
+        assert await drv.read(0, 4096) == b"\x05" * 4096
+        await drv.truncate(2 << 20)  # forwarded to raw (bs->file) only
+        assert ref.get_length() == 2 << 20 and drv.get_length() == 1 << 20
+    finally:
+        await close_image(test)
+        await close_image(ref)
+
+
+# --- quorum -----------------------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, name: str, data: dict[str, Any]) -> None:
+        self.events.append((name, data))
+
+
+async def _quorum(tmp_path: Path, options: dict[str, Any], n: int = 3
+                  ) -> tuple[QuorumDriver, list[BlockDriver], _Recorder]:
+    kids = []
+    for i in range(n):
+        p = tmp_path / f"q{i}.raw"
+        if not p.exists():
+            p.write_bytes(bytes(1 << 20))
+        kid = await open_image(str(p), "raw", read_only=False)
+        kid.node_name = f"hd{i}"  # type: ignore[attr-defined]
+        kids.append(kid)
+    rec = _Recorder()
+    drv = QuorumDriver()
+    drv.extra_children.update({f"children.{i}": k for i, k in enumerate(kids)})
+    try:
+        await drv.open(options, OpenFlags(read_only=False, extra={"emit-event": rec,
+                                                                  "node-name": "quorum0"}))
+    except BaseException:
+        for k in kids:
+            await close_image(k)
+        raise
+    return drv, kids, rec
+
+
+async def test_quorum_votes_and_rewrites(tmp_path: Path) -> None:
+    drv, kids, rec = await _quorum(tmp_path, {"vote-threshold": 2, "rewrite-corrupted": True})
+    try:
+        await drv.write(0, b"\x07" * 4096)
+        for k in kids:
+            assert await k.read(0, 4096) == b"\x07" * 4096
+        await kids[1].write(512, b"\x09" * 512)  # corrupt one child
+        assert await drv.read(0, 4096) == b"\x07" * 4096
+        assert rec.events == [("QUORUM_REPORT_BAD", {"type": "read", "node-name": "hd1",
+                                                     "sector-num": 0, "sectors-count": 8})]
+        assert await kids[1].read(0, 4096) == b"\x07" * 4096  # rewritten
+        # Two corrupt versions that differ: no version reaches 2 votes.
+        await kids[1].write(0, b"\x01")
+        await kids[2].write(0, b"\x02")
+        rec.events.clear()
+        with pytest.raises(OSError) as ei:
+            await drv.read(0, 512)
+        assert ei.value.errno == errno.EIO
+        assert ("QUORUM_FAILURE", {"reference": "quorum0", "sector-num": 0,
+                                   "sectors-count": 1}) in rec.events
+        with pytest.raises(GenericError) as gi:
+            await drv.truncate(2 << 20)
+        assert gi.value.desc == "Image format driver does not support resize"
+    finally:
+        for k in kids:
+            await close_image(k)
+
+
+async def test_quorum_fifo_and_threshold_errors(tmp_path: Path) -> None:
+    drv, kids, _ = await _quorum(tmp_path, {"vote-threshold": 1, "read-pattern": "fifo"})
+    try:
+        await kids[0].write(0, b"\x03" * 512)
+        assert await drv.read(0, 512) == b"\x03" * 512  # first child only
+    finally:
+        for k in kids:
+            await close_image(k)
+    for options, message in [
+        ({"vote-threshold": 0}, "Parameter 'vote-threshold' expects a value >= 1"),
+        ({}, "Parameter 'vote-threshold' expects a value >= 1"),
+        ({"vote-threshold": 4}, "threshold may not exceed children count"),
+        ({"vote-threshold": 2, "read-pattern": "bad"},
+         "Please set read-pattern as fifo or quorum"),
+        ({"vote-threshold": 2, "blkverify": True},
+         "blkverify=on can only be set if there are exactly two files and vote-threshold is 2"),
+    ]:
+        with pytest.raises(GenericError) as ei:
+            await _quorum(tmp_path, options)
+        assert ei.value.desc == message
+    with pytest.raises(GenericError) as ei:
+        await _quorum(tmp_path, {"vote-threshold": 1}, n=0)
+    assert ei.value.desc == "Number of provided children must be 1 or more"
+    assert QuorumDriver.supports_reopen is False
