@@ -159,7 +159,7 @@ class Daemon:
 
     def lookup_bs(self, node_name: str) -> Any:
         """The driver of the node named ``node_name`` (bdrv_lookup_bs, no device)."""
-        return self.graph.find(node_name, node_name).driver
+        return self.graph.find(None, node_name).driver
 
     async def _close_graph(self) -> None:
         """Flush and close every node so that locks are gone when we exit."""
