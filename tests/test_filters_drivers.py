@@ -8,6 +8,7 @@ where it applies, against real qemu-img/qemu-io.
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -256,8 +257,8 @@ async def test_blkdebug_texts_match_qemu_io(tmp_path: Path, qemu_io: str) -> Non
     raw.write_bytes(bytes(1 << 20))
     conf = tmp_path / "c.conf"
     conf.write_text('[inject-error]\nevent = "none"\nsector = "1"\n')
-    spec = ('json:{"driver":"blkdebug","config":"%s","image":{"driver":"file",'
-            '"filename":"%s"}}' % (conf, raw))
+    spec = "json:" + json.dumps({"driver": "blkdebug", "config": str(conf),
+                                 "image": {"driver": "file", "filename": str(raw)}})
     out = subprocess.run([qemu_io, "-c", "read 512 512", spec], capture_output=True,
                          text=True).stdout
     drv = await _blkdebug(tmp_path, {"config": str(conf)})
@@ -369,7 +370,7 @@ async def test_quorum_fifo_and_threshold_errors(tmp_path: Path) -> None:
     finally:
         for k in kids:
             await close_image(k)
-    for options, message in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"vote-threshold": 0}, "Parameter 'vote-threshold' expects a value >= 1"),
         ({}, "Parameter 'vote-threshold' expects a value >= 1"),
         ({"vote-threshold": 4}, "threshold may not exceed children count"),
@@ -377,7 +378,8 @@ async def test_quorum_fifo_and_threshold_errors(tmp_path: Path) -> None:
          "Please set read-pattern as fifo or quorum"),
         ({"vote-threshold": 2, "blkverify": True},
          "blkverify=on can only be set if there are exactly two files and vote-threshold is 2"),
-    ]:
+    ]
+    for options, message in cases:
         with pytest.raises(GenericError) as ei:
             await _quorum(tmp_path, options)
         assert ei.value.desc == message
