@@ -657,3 +657,49 @@ def _metadata(path: Path) -> list[bytes]:
         out.append(rt)
         out += [at(e, cs) for e in struct.unpack(f">{len(rt) // 8}Q", rt) if e]
     return out
+
+
+async def test_extended_l2_read_only(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
+    """Images with extended L2 entries (subclusters) read like QEMU reads them;
+    blockd refuses write access to them."""
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\x07" * (4 * MiB))
+    img = tmp_path / "x.qcow2"
+    run(
+        qemu_img,
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "extended_l2=on,cluster_size=65536,backing_file=base.raw,backing_fmt=raw",
+        str(img),
+        "4M",
+    )
+    qio(
+        qemu_io,
+        img,
+        "write -P 1 0 2048",  # one subcluster allocated, the rest from the backing file
+        "write -P 2 70000 5000",
+        "write -z 1M 4096",  # zero subclusters
+        "write -z 2M 64k",
+        "write -c -P 3 3M 64k",
+    )
+    flat = tmp_path / "flat.raw"
+    run(qemu_img, "convert", "-O", "raw", str(img), str(flat))
+    drv = await open_ro(img)
+    try:
+        assert await drv.read(0, 4 * MiB) == flat.read_bytes()
+        st = await drv.block_status(2048, 65536)
+        assert not st.flags & BlockStatusFlag.ALLOCATED  # backing subclusters
+        st = await drv.block_status(1 * MiB, 65536)
+        assert st.flags & BlockStatusFlag.ZERO and st.length == 4096
+        res = await drv.check()
+        assert (res.corruptions, res.leaks, res.messages) == (0, 0, [])
+        info = drv.format_specific_info()
+        assert info is not None and info["extended-l2"] is True
+    finally:
+        await close(drv)
+    from blockd.qmp.errors import GenericError
+
+    with pytest.raises(GenericError, match="extended L2 entries"):
+        await open_rw(img)

@@ -109,12 +109,12 @@ def _is_set(options: dict[str, Any], key: str) -> bool:
 
 
 def resolve_cache_options(
-    options: dict[str, Any], cluster_size: int, virtual_size: int
+    options: dict[str, Any], cluster_size: int, virtual_size: int, l2_entry_size: int = 8
 ) -> CacheConfig:
     """Apply QEMU 7.2's read_cache_sizes() rules; GenericError with its texts."""
     min_refcount_cache = MIN_REFCOUNT_CACHE_SIZE * cluster_size
     max_l2_entries = -(-virtual_size // cluster_size)
-    max_l2_cache = -(-(max_l2_entries * 8) // cluster_size) * cluster_size
+    max_l2_cache = -(-(max_l2_entries * l2_entry_size) // cluster_size) * cluster_size
 
     combined_set = _is_set(options, "cache-size")
     l2_set = _is_set(options, "l2-cache-size")

@@ -96,7 +96,8 @@ async def _check_l2(
         res.messages.append("ERROR: I/O error in check_refcounts_l2")
         res.check_errors += 1
         return
-    entries = struct.unpack(f">{cs // 8}Q", raw)
+    # Extended L2 entries carry a subcluster bitmap after each entry.
+    entries = struct.unpack(f">{cs // 8}Q", raw)[:: 2 if drv.extl2 else 1]
     next_contiguous = 0
     for e in entries:
         ct = cluster_type(e)
@@ -452,7 +453,9 @@ async def _check_copied(drv: Qcow2Driver, res: Qcow2CheckResult, fix: bool) -> N
         raw = bytearray(await drv._pread(l2, cs))
         entries = list(struct.unpack(f">{cs // 8}Q", raw))
         dirty = False
-        for j, e in enumerate(entries):
+        step = 2 if drv.extl2 else 1
+        for j in range(0, len(entries), step):
+            e = entries[j]
             ct = cluster_type(e)
             if ct not in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
                 continue

@@ -270,14 +270,24 @@ class Qcow2Driver(BlockDriver):
         self.header = hdr
         self.cluster_bits = hdr.cluster_bits
         self.cluster_size = hdr.cluster_size
-        self.l2_bits = self.cluster_bits - 3
+        # Extended L2 entries: 16 bytes (entry + subcluster bitmap), 32 subclusters.
+        self.extl2 = bool(hdr.incompatible_features & H.INCOMPAT_EXTL2)
+        self.l2_entry_size = 16 if self.extl2 else 8
+        self.l2_bits = self.cluster_bits - (4 if self.extl2 else 3)
         self.l2_size = 1 << self.l2_bits
         self.cgeo = CompressedGeometry(self.cluster_bits)
         self.size = hdr.size
         self.dirty = bool(hdr.incompatible_features & H.INCOMPAT_DIRTY)
         self.corrupt = bool(hdr.incompatible_features & H.INCOMPAT_CORRUPT)
-        if hdr.incompatible_features & H.INCOMPAT_EXTL2:
-            raise GenericError("Unsupported qcow2 feature(s): extended L2 entries")
+        if self.extl2:
+            sub = self.cluster_size // 32
+            if sub < 512:
+                raise GenericError(f"Unsupported subcluster size: {sub}")
+            if not self.read_only:
+                # blockd reads such images; writing them (subcluster allocation)
+                # is not implemented, so refuse write access as for an
+                # unsupported feature.
+                raise GenericError("Unsupported qcow2 feature(s): extended L2 entries")
 
         if hdr.refcount_table_clusters == 0 and not check_mode:
             raise GenericError("Image does not contain a reference count table")
@@ -333,7 +343,7 @@ class Qcow2Driver(BlockDriver):
             self.cache_config.l2_cache_entries, self.cache_config.l2_cache_entry_size, self._pread
         )
         self.rc.on_change = self._metadata_changed
-        self.slice_entries = self.cache_config.l2_cache_entry_size // 8
+        self.slice_entries = self.cache_config.l2_cache_entry_size // self.l2_entry_size
         self.free_byte_offset = 0
         # Clusters reserved per refcount update (see _alloc): ~32 MiB of data.
         self._pool_chunk = max(16, min(4096, (32 << 20) >> self.cluster_bits))
@@ -436,7 +446,7 @@ class Qcow2Driver(BlockDriver):
                 self.l2cache = TableCache(
                     cfg.l2_cache_entries, cfg.l2_cache_entry_size, self._pread
                 )
-                self.slice_entries = cfg.l2_cache_entry_size // 8
+                self.slice_entries = cfg.l2_cache_entry_size // self.l2_entry_size
                 self.rc.cache = TableCache(
                     cfg.refcount_cache_entries, self.cluster_size, self._pread
                 )
@@ -603,7 +613,7 @@ class Qcow2Driver(BlockDriver):
     async def _l2_slice(self, l2_off: int, l2_index: int) -> tuple[bytearray, int, int]:
         """The cached slice holding entry l2_index; (slice, first index, host offset)."""
         first = l2_index - l2_index % self.slice_entries
-        host = l2_off + first * 8
+        host = l2_off + first * self.l2_entry_size
         return await self.l2cache.get(host), first, host
 
     async def _entries(self, offset: int, count: int) -> tuple[list[int], int]:
@@ -627,8 +637,73 @@ class Qcow2Driver(BlockDriver):
         i = l2_idx - first
         return list(struct.unpack_from(f">{n}Q", slc, i * 8)), l2_off
 
+    async def _entries_ext(self, offset: int, count: int) -> tuple[list[tuple[int, int]], int]:
+        """Extended L2 (entry, subcluster bitmap) pairs, like _entries()."""
+        l1_idx, l2_idx = self._split(offset)
+        n = min(count, self.slice_entries - l2_idx % self.slice_entries)
+        if l1_idx >= len(self.l1) or not self.l1[l1_idx] & L1E_OFFSET_MASK:
+            return [(0, 0)] * n, 0
+        l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
+        if l2_off & (self.cluster_size - 1):
+            await self._signal_corruption(
+                f"L2 table offset {_hx(l2_off)} unaligned (L1 index: {_hx(l1_idx)})"
+            )
+        await self._check_host_range(l2_off, self.cluster_size, "L2 table")
+        slc, first, _ = await self._l2_slice(l2_off, l2_idx)
+        raw = struct.unpack_from(f">{2 * n}Q", slc, (l2_idx - first) * 16)
+        return [(raw[2 * i], raw[2 * i + 1]) for i in range(n)], l2_off
+
+    async def _map_ext(self, offset: int, length: int) -> list[Extent]:
+        """_map() for extended L2 entries: extents at subcluster granularity."""
+        cs = self.cluster_size
+        sub_bits = self.cluster_bits - 5
+        out: list[Extent] = []
+        pos = offset
+        end = offset + length
+        while pos < end:
+            first_cluster = pos >> self.cluster_bits
+            nclusters = ((end - 1) >> self.cluster_bits) - first_cluster + 1
+            pairs, _ = await self._entries_ext(pos, nclusters)
+            for i, (e, bitmap) in enumerate(pairs):
+                cstart = (first_cluster + i) << self.cluster_bits
+                if e & OFLAG_COMPRESSED:
+                    s, t = max(cstart, pos), min(cstart + cs, end)
+                    out.append(Extent(s, t - s, ClusterType.COMPRESSED, 0, e, False))
+                    continue
+                base = e & L2E_OFFSET_MASK
+                for sc in range(32):
+                    sstart = cstart + (sc << sub_bits)
+                    s, t = max(sstart, pos), min(sstart + (1 << sub_bits), end)
+                    if s >= t:
+                        continue
+                    if bitmap & (1 << sc):
+                        ct, host = ClusterType.NORMAL, base + (s - cstart)
+                    elif bitmap & (1 << (32 + sc)):
+                        ct = ClusterType.ZERO_ALLOC if base else ClusterType.ZERO_PLAIN
+                        host = base + (s - cstart) if base else 0
+                    else:
+                        ct, host = ClusterType.UNALLOCATED, 0
+                    if out:
+                        p = out[-1]
+                        if (
+                            p.ctype == ct
+                            and ct != ClusterType.COMPRESSED
+                            and p.offset + p.length == s
+                            and (not host or p.host + p.length == host)
+                        ):
+                            out[-1] = Extent(p.offset, p.length + t - s, ct, p.host, p.entry, False)
+                            continue
+                    out.append(Extent(s, t - s, ct, host, e, False))
+            pos = min(end, (first_cluster + len(pairs)) << self.cluster_bits)
+        for ext in out:
+            if ext.ctype == ClusterType.NORMAL:
+                await self._check_host_range(ext.host, ext.length, "Data cluster")
+        return out
+
     async def _map(self, offset: int, length: int) -> list[Extent]:
         """Classify [offset, offset+length) into extents (caller holds the lock)."""
+        if self.extl2:
+            return await self._map_ext(offset, length)
         cs = self.cluster_size
         out: list[Extent] = []
         pos = offset

@@ -45,7 +45,8 @@ def parse_runtime_options(
     options: dict[str, Any], flags: OpenFlags, hdr: H.Qcow2Header
 ) -> RuntimeOptions:
     """Validate the node options in QEMU's order; GenericError with its texts."""
-    cache = resolve_cache_options(options, hdr.cluster_size, hdr.size)
+    entry = 16 if hdr.incompatible_features & H.INCOMPAT_EXTL2 else 8
+    cache = resolve_cache_options(options, hdr.cluster_size, hdr.size, entry)
     lazy = _bool(options, "lazy-refcounts", bool(hdr.compatible_features & H.COMPAT_LAZY_REFCOUNTS))
     if lazy and hdr.version < 3:
         raise GenericError(
