@@ -208,6 +208,15 @@ def _opt_list(value: Any) -> list[dict[str, Any]]:
     return [dict(v) for v in value]
 
 
+def _str_list(value: Any) -> list[str]:
+    """A list of strings given as a list or QDict-flattened {"0": ...}."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [str(value[k]) for k in sorted(value, key=int)]
+    return [str(v) for v in value]
+
+
 @register_driver
 class BlkdebugDriver(BlockDriver):
     name: ClassVar[str] = "blkdebug"
@@ -216,6 +225,8 @@ class BlkdebugDriver(BlockDriver):
     child_specs: ClassVar[tuple[ChildSpec, ...]] = (
         ChildSpec("image", "file", ChildRole.FILTERED | ChildRole.PRIMARY),
     )
+    # blkdebug_reopen_prepare consumes nothing: every option must stay as it is.
+    mutable_opts: ClassVar[frozenset[str] | None] = frozenset()
 
     def __init__(self) -> None:
         super().__init__()
@@ -294,8 +305,8 @@ class BlkdebugDriver(BlockDriver):
         self._open_options = dict(options)
         self._read_rules(options)
         self.state = 1
-        self.take_child_perms = [str(p) for p in options.get("take-child-perms", [])]
-        self.unshare_child_perms = [str(p) for p in options.get("unshare-child-perms", [])]
+        self.take_child_perms = _str_list(options.get("take-child-perms"))
+        self.unshare_child_perms = _str_list(options.get("unshare-child-perms"))
         self._check_limits(options)
         self.debug_event("none")
 

@@ -99,8 +99,8 @@ class CompressDriver(FilterPassthrough):
     """Turns every write into a compressed write on the child."""
 
     name: ClassVar[str] = "compress"
-    # QEMU's compress filter has no bdrv_reopen_prepare, but the generic reopen
-    # accepts it (no options to change); keep the default hooks.
+    # No driver options, so nothing to change on reopen.
+    mutable_opts: ClassVar[frozenset[str] | None] = frozenset()
 
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
         await super().open(options, flags)

@@ -34,6 +34,8 @@ MAX_BOUNCE_BUFFER = 32768 * 512
 @register_driver
 class CopyOnReadDriver(FilterPassthrough):
     name: ClassVar[str] = "copy-on-read"
+    # cor_reopen_prepare consumes nothing: ``bottom`` cannot change.
+    mutable_opts: ClassVar[frozenset[str] | None] = frozenset()
 
     def __init__(self) -> None:
         super().__init__()

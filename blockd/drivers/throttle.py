@@ -30,7 +30,8 @@ def _group_from(options: dict[str, Any]) -> ThrottleGroup:
 @register_driver
 class ThrottleDriver(FilterPassthrough):
     name: ClassVar[str] = "throttle"
-    mutable_opts: ClassVar[frozenset[str] | None] = None
+    # throttle_reopen_prepare consumes the group name: the one changeable option.
+    mutable_opts: ClassVar[frozenset[str] | None] = frozenset({"throttle-group"})
 
     def __init__(self) -> None:
         super().__init__()

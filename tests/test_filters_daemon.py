@@ -1,0 +1,173 @@
+"""Filter drivers and throttle groups through the daemon, against QSD 7.2.
+
+The same QMP script runs in qemu-storage-daemon and in blockd over copies of
+the same images (same-length directories); reply lines must be equal byte for
+byte once the image directory and host allocation sizes are masked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.procs import DaemonProcess, RawClient, start_blockd, start_qsd
+
+pytestmark = pytest.mark.qemu
+
+Cmd = dict[str, Any]
+Files = Callable[[str], dict[str, Any]]
+
+
+def _replies(proc: DaemonProcess, cmds: list[Cmd]) -> list[str]:
+    client = RawClient(proc.socket, negotiate=True, timeout=30)
+    try:
+        out = []
+        for cmd in cmds:
+            client.send(json.dumps(cmd).encode() + b"\n")
+            line = client.line().decode()
+            # Events (QUORUM_*) are compared too, in arrival order.
+            while '"event"' in line:
+                out.append(re.sub(r'"timestamp": \{[^}]*\}', '"timestamp": T', line))
+                line = client.line().decode()
+            out.append(line)
+        return out
+    finally:
+        client.close()
+        proc.stop()
+
+
+def _mask(line: str, d: Path) -> str:
+    line = re.sub(r'"actual-size": \d+', '"actual-size": 0', line.replace(str(d), "IMGDIR"))
+    # QEMU appends two random digits to implicit node names.
+    return re.sub(r"#block\d+", "#blockNNN", line)
+
+
+def _compare(tmp_path: Path, qemu_img: str, script: Callable[[Files], list[Cmd]]) -> list[str]:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        subprocess.run([qemu_img, "create", "-f", "qcow2", f"hd{i}.qcow2", "1M"], check=True,
+                       capture_output=True, cwd=src)
+    subprocess.run([qemu_img, "create", "-f", "raw", "r.raw", "1M"], check=True,
+                   capture_output=True, cwd=src)
+    replies = {}
+    for key in ("q", "b"):
+        d = tmp_path / key
+        shutil.copytree(src, d)
+
+        def files(name: str, d: Path = d) -> dict[str, Any]:
+            return {"driver": "file", "filename": str(d / name)}
+
+        start = start_qsd if key == "q" else start_blockd
+        lines = _replies(start(d), script(files))
+        replies[key] = [_mask(line, d) for line in lines]
+    for i, (want, got) in enumerate(zip(replies["q"], replies["b"], strict=False)):
+        assert got == want, f"reply {i}"
+    assert len(replies["q"]) == len(replies["b"])
+    return replies["b"]
+
+
+def _x(name: str, **kw: Any) -> Cmd:
+    return {"execute": name, "arguments": kw}
+
+
+def _add(**kw: Any) -> Cmd:
+    return _x("blockdev-add", **kw)
+
+
+def _hd(f: Files, i: int) -> dict[str, Any]:
+    return {"driver": "qcow2", "node-name": f"hd{i}", "file": f(f"hd{i}.qcow2")}
+
+
+def test_throttle_groups_and_filter(tmp_path: Path, qemu_img: str, qsd: str) -> None:
+    def script(f: Files) -> list[Cmd]:
+        group0 = {"qom-type": "throttle-group", "id": "group0",
+                  "limits": {"iops-total": 1000}}
+        thr = {"driver": "throttle", "node-name": "throttle0", "throttle-group": "group0",
+               "file": _hd(f, 0)}
+        return [
+            _x("object-add", **group0),
+            _x("object-add", **group0),
+            _x("object-add", **{"qom-type": "throttle-group", "id": "group1",
+                                "limits": {"iops-total": 2000}}),
+            _x("object-add", **{"qom-type": "throttle-group", "id": "bad",
+                                "limits": {"iops-total": 10, "iops-read": 5}}),
+            _x("object-add", **{"qom-type": "throttle-group", "id": "bad",
+                                "x-iops-total": -1}),
+            _x("object-add", **{"qom-type": "throttle-group", "id": "bad",
+                                "x-bps-total-max-length": 5000000000}),
+            _x("object-add", **{"qom-type": "throttle-group", "id": "g11",
+                                "limits": {"bps-total": 100}, "x-bps-total": 5}),
+            _x("qom-list", path="/objects/group0"),
+            _x("qom-get", path="/objects/group0", property="limits"),
+            _x("qom-get", path="/objects/g11", property="x-bps-total"),
+            _add(**{**thr, "throttle-group": "nope"}),
+            _add(**{k: v for k, v in thr.items() if k != "throttle-group"}),
+            _add(**thr),
+            _x("object-del", id="group0"),
+            _x("blockdev-reopen", options=[{**thr, "file": "hd0",
+                                            "throttle-group": "notfound"}]),
+            _x("blockdev-reopen", options=[{**thr, "file": "hd0",
+                                            "throttle-group": "group1"}]),
+            _x("object-del", id="group1"),
+            _x("object-del", id="group0"),
+            _x("blockdev-reopen", options=[{**thr, "file": "hd0"}]),
+            _x("object-del", id="group0"),
+            _x("object-del", id="group1"),
+            _x("query-named-block-nodes", flat=True),
+            _x("blockdev-del", **{"node-name": "throttle0"}),
+            _x("object-del", id="group0"),
+            _x("object-del", id="g11"),
+        ]
+
+    _compare(tmp_path, qemu_img, script)
+
+
+def test_quorum_blkdebug_blkverify_compress(tmp_path: Path, qemu_img: str, qsd: str) -> None:
+    def script(f: Files) -> list[Cmd]:
+        quorum = {"driver": "quorum", "node-name": "quorum0",
+                  "children": ["hd0", "hd1", "hd2"], "vote-threshold": 2}
+        bd = {"driver": "blkdebug", "node-name": "bd", "config": "/dev/null",
+              "image": _hd(f, 0)}
+        return [
+            *[_add(**{**_hd(f, i), "backing": None}) for i in range(3)],
+            _add(**{**quorum, "vote-threshold": 0}),
+            _add(**{**quorum, "vote-threshold": 4}),
+            _add(**{**quorum, "read-pattern": "fifo", "rewrite-corrupted": True,
+                    "node-name": "qf"}),
+            _add(**{**quorum, "blkverify": True}),
+            _add(**quorum),
+            _x("blockdev-reopen", options=[quorum]),
+            _x("query-named-block-nodes", flat=True),
+            _x("blockdev-del", **{"node-name": "quorum0"}),
+            _x("blockdev-del", **{"node-name": "qf"}),
+            *[_x("blockdev-del", **{"node-name": f"hd{i}"}) for i in range(3)],
+            _add(**{**bd, "config": "/non/existent"}),
+            _add(**{**bd, "align": 3}),
+            _add(**{**bd, "inject-error": [{"event": "nope"}]}),
+            _add(**bd),
+            _x("blockdev-reopen", options=[bd]),
+            _x("blockdev-reopen", options=[{**bd, "align": 33554432}]),
+            _x("blockdev-reopen", options=[{**bd, "config": "/non/existent"}]),
+            _x("blockdev-del", **{"node-name": "bd"}),
+            _add(driver="compress", **{"node-name": "c0"}, file=f("r.raw")),
+            _add(**_hd(f, 1)),
+            _add(driver="compress", **{"node-name": "c1"}, file="hd1"),
+            _add(**{**f("r.raw"), "node-name": "rr"}),
+            _add(driver="blkverify", **{"node-name": "bv"}, test="hd1", raw="rr"),
+            _x("blockdev-reopen", options=[{"driver": "blkverify", "node-name": "bv",
+                                            "test": "hd1", "raw": "rr"}]),
+            _add(driver="copy-on-read", **{"node-name": "cor"}, file="c1",
+                 bottom="nope"),
+            _add(driver="copy-on-read", **{"node-name": "cor"}, file="c1"),
+            _x("query-named-block-nodes", flat=True),
+        ]
+
+    _compare(tmp_path, qemu_img, script)
