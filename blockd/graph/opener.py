@@ -32,13 +32,16 @@ from blockd.qmp.errors import GenericError
 _DISCARD = {"ignore": "ignore", "off": "ignore", "unmap": "unmap", "on": "unmap"}
 
 
-def parse_generic(options: dict[str, Any]) -> tuple[bool, bool, bool, str, str]:
+def parse_generic(
+    options: dict[str, Any], reopen: bool = False
+) -> tuple[bool, bool, bool, str, str]:
     """(read_only, auto_read_only, force_share, discard, detect_zeroes) with
-    bdrv_open_common()'s checks and texts, in its order."""
+    bdrv_open_common()'s checks and texts, in its order.  On reopen force-share
+    is not checked here: it cannot change at all."""
     read_only = bool(options.get("read-only", False))
     auto_ro = bool(options.get("auto-read-only", False))
     force_share = bool(options.get("force-share", False))
-    if force_share and not read_only:
+    if force_share and not read_only and not reopen:
         raise GenericError("force-share=on can only be used with read-only images")
     d = options.get("discard", "ignore")
     if d not in _DISCARD:

@@ -121,7 +121,7 @@ def _check_entry(graph: NodeRegistry, e: Entry) -> None:
     node = e.node
     opts = dict(e.options)
     (e.read_only, e.auto_read_only, e.force_share, e.discard,
-     e.detect_zeroes) = parse_generic(opts)
+     e.detect_zeroes) = parse_generic(opts, reopen=True)
     for k in GENERIC_KEYS - {"driver", "node-name", "force-share"}:
         opts.pop(k, None)
     drv = node.driver
