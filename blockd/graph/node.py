@@ -87,6 +87,10 @@ class BlockNode:
     # Backing file name from the image header as opened (bs->backing_file).
     backing_file: str = ""
     backing_format: str = ""
+    # bs->auto_backing_file: the header's name, replaced by the opened node's
+    # file name when the backing was opened implicitly from the header; query
+    # code compares it with the backing's name to tell an overridden backing.
+    auto_backing_file: str = ""
     closed: bool = False
 
     @property

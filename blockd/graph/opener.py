@@ -194,6 +194,7 @@ class GraphOpener:
         bf = getattr(drv, "backing_file", None)
         node.backing_file = bf or ""
         node.backing_format = getattr(drv, "backing_format", None) or ""
+        node.auto_backing_file = node.backing_file
         permissions.refresh([node])
 
     async def _open_child(
@@ -246,6 +247,7 @@ class GraphOpener:
                 raise GenericError(f"Cannot find device='{ref}' nor node-name='{ref}'")
             self._attach(node, child, spec, key)
             return
+        implicit = False
         if has_sub(options, key):
             sub = extract_sub(options, key)
             extract_sub(node.explicit_options, key)
@@ -253,12 +255,15 @@ class GraphOpener:
             path = resolve_backing_path(node.filename, node.backing_file)
             sub = {"driver": node.backing_format or await _probe(path),
                    "file.driver": "file", "file.filename": path}
+            implicit = True
         else:
             return
         try:
             child = await self.open(sub, options, spec.role)
         except GenericError as e:
             raise GenericError(f"Could not open backing file: {e.desc}") from None
+        if implicit:
+            node.auto_backing_file = child.filename
         child.inherits_from = node
         self._attach(node, child, spec, key)
 
