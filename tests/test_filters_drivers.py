@@ -7,6 +7,7 @@ where it applies, against real qemu-img/qemu-io.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import subprocess
@@ -16,7 +17,13 @@ from typing import Any
 import pytest
 
 from blockd.drivers.base import BlockDriver, BlockStatusFlag, OpenFlags
-from blockd.drivers.blkdebug import BlkdebugDriver, debug_event, parse_config, parse_filename
+from blockd.drivers.blkdebug import (
+    BlkdebugDriver,
+    debug_event,
+    find_blkdebug,
+    parse_config,
+    parse_filename,
+)
 from blockd.drivers.blkverify import BlkverifyDriver, BlkverifyMismatch
 from blockd.drivers.compress import CompressDriver
 from blockd.drivers.copy_on_read import CopyOnReadDriver
@@ -160,7 +167,7 @@ async def test_blkdebug_config_file_and_events(tmp_path: Path) -> None:
     try:
         await drv.write(0, b"x" * 8192)
         assert await drv.read(0, 8192) == b"x" * 8192  # no event fired yet
-        debug_event(drv, "read_aio")
+        await debug_event(drv, "read_aio")
         assert await drv.read(0, 4096) == b"x" * 4096  # sector 8 not touched
         with pytest.raises(OSError) as ei:
             await drv.read(0, 8192)
@@ -168,9 +175,9 @@ async def test_blkdebug_config_file_and_events(tmp_path: Path) -> None:
         assert str(ei.value) == "[Errno 28] No space left on device"
         assert await drv.read(0, 8192) == b"x" * 8192  # once
         # write_aio: state 1 -> 2 (the inject rule needs state 2, so not this time).
-        debug_event(drv, "write_aio")
+        await debug_event(drv, "write_aio")
         assert drv.state == 2
-        debug_event(drv, "write_aio")
+        await debug_event(drv, "write_aio")
         with pytest.raises(OSError) as ei:
             await drv.write(0, b"y")
         assert ei.value.errno == errno.EIO
@@ -198,6 +205,44 @@ async def test_blkdebug_options_none_and_pwritev_events(tmp_path: Path) -> None:
         # Active rules persist: now reads fail too (as in QEMU).
         with pytest.raises(OSError):
             await drv.read(0, 512)
+    finally:
+        await close_image(drv.image())
+
+
+async def test_blkdebug_breakpoints_suspend_requests(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    drv = await _blkdebug(tmp_path, {})
+    try:
+        assert find_blkdebug(drv) is drv
+        with pytest.raises(OSError) as ei:
+            drv.add_breakpoint("nope", "bp0")
+        assert ei.value.errno == errno.ENOENT
+        drv.add_breakpoint("pwritev", "bp0")
+        task = asyncio.create_task(drv.write(0, b"w" * 512))
+        for _ in range(100):
+            if drv.is_suspended("bp0"):
+                break
+            await asyncio.sleep(0.01)
+        assert drv.is_suspended("bp0") and not task.done()
+        assert await drv.image().read(0, 512) == bytes(512)  # not written yet
+        drv.resume("bp0")
+        await task
+        assert await drv.read(0, 512) == b"w" * 512
+        out = capsys.readouterr().out
+        assert "blkdebug: Suspended request 'bp0'\nblkdebug: Resuming request 'bp0'\n" in out
+        # A breakpoint fires once; remove_break of nothing is ENOENT.
+        await drv.write(0, b"v")
+        with pytest.raises(OSError):
+            drv.remove_breakpoint("bp0")
+        with pytest.raises(OSError):
+            drv.resume("bp0")
+        drv.add_breakpoint("pwritev_zero", "z")
+        task = asyncio.create_task(drv.write_zeroes(0, 512))
+        while not drv.is_suspended("z"):
+            await asyncio.sleep(0.01)
+        drv.remove_breakpoint("z")
+        await task
+        assert await drv.read(0, 512) == bytes(512)
     finally:
         await close_image(drv.image())
 

@@ -9,16 +9,22 @@ every later request of a matching I/O type (and overlapping ``sector`` when
 given) then fails with ``errno`` as an OSError, so qemu-io prints e.g.
 ``read failed: Input/output error``.  ``once`` rules go away after one hit.
 
-Who fires events: format drivers call :func:`debug_event` on their child (QEMU's
-BLKDBG_EVENT(bs->file, ...)); blkdebug itself fires ``none`` at open and the
+Who fires events: format drivers await :func:`debug_event` on their child
+(QEMU's BLKDBG_EVENT(bs->file, ...)); blkdebug itself fires ``none`` at open and the
 generic ``pwritev``/``pwritev_zero``/``pwritev_done`` (and ``pwritev_rmw_*``
 for unaligned writes) around writes it receives, as QEMU's bdrv_aligned_pwritev
 does.  ``align``, ``max-transfer`` and the write-zero/discard limits shape
 requests as QEMU's generic layer would (requests are split at max-transfer).
+
+Breakpoints (qemu-io ``break``/``remove_break``/``resume``/``wait_break``, used
+by iotests' pause_drive): :meth:`BlkdebugDriver.add_breakpoint` etc. on the node
+:func:`find_blkdebug` finds; a request reaching the event waits until resumed,
+printing QEMU's ``blkdebug: Suspended request 'tag'`` lines to stdout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno as errno_mod
 import os
 import re
@@ -62,15 +68,27 @@ _INT_MAX = (1 << 31) - 1
 _PERM_BITS = {"consistent-read": 0x1, "write": 0x2, "write-unchanged": 0x4, "resize": 0x8}
 
 
-def debug_event(node: BlockDriver | None, event: str) -> None:
+async def debug_event(node: BlockDriver | None, event: str) -> None:
     """Fire a debug event on ``node`` (QEMU's BLKDBG_EVENT/bdrv_debug_event).
 
-    A no-op unless the node is a blkdebug node; format drivers call it on their
+    A no-op unless the node is a blkdebug node; format drivers await it on their
     ``file`` child at the points QEMU does (``read_aio``, ``write_aio``, ...).
+    The call returns late when a breakpoint suspends the request there.
     """
-    hook = getattr(node, "debug_event", None)
-    if callable(hook):
-        hook(event)
+    if isinstance(node, BlkdebugDriver):
+        await node.event(event)
+
+
+def find_blkdebug(node: BlockDriver | None) -> BlkdebugDriver | None:
+    """The blkdebug node at or below ``node`` along primary children (``file``),
+    as bdrv_debug_breakpoint() looks for it; None when there is none."""
+    seen = 0
+    while node is not None and seen < 1000:
+        if isinstance(node, BlkdebugDriver):
+            return node
+        node = node.file
+        seen += 1
+    return None
 
 
 @dataclass
@@ -87,6 +105,8 @@ class Rule:
     immediately: bool = False
     # set-state
     new_state: int | None = None
+    # breakpoint (ACTION_SUSPEND)
+    tag: str | None = None
 
 
 def _opt_number(key: str, value: Any) -> int:
@@ -242,6 +262,8 @@ class BlkdebugDriver(BlockDriver):
         self.max_discard = 0
         self.take_child_perms: list[str] = []
         self.unshare_child_perms: list[str] = []
+        # Requests suspended at a breakpoint: (tag, wake-up future), oldest first.
+        self.suspended: list[tuple[str, asyncio.Future[None]]] = []
 
     def image(self) -> BlockDriver:
         child = self.file if self.file is not None else self.extra_children.get("image")
@@ -308,7 +330,7 @@ class BlkdebugDriver(BlockDriver):
         self.take_child_perms = _str_list(options.get("take-child-perms"))
         self.unshare_child_perms = _str_list(options.get("unshare-child-perms"))
         self._check_limits(options)
-        self.debug_event("none")
+        self.fire("none")
 
     async def close(self) -> None:
         self.rules.clear()
@@ -343,15 +365,22 @@ class BlkdebugDriver(BlockDriver):
 
     # --- rules ------------------------------------------------------------------
 
-    def debug_event(self, event: str) -> None:
-        """blkdebug_debug_event(): activate/apply the rules of ``event``."""
+    def fire(self, event: str) -> list[str]:
+        """blkdebug_debug_event() without waiting: activate/apply the rules of
+        ``event``; returns the tags of the breakpoints hit (now removed)."""
         new_state = self.state
         injected = False
+        hits: list[str] = []
         for rule in list(self.rules.get(event, ())):
             if rule.state and rule.state != self.state:
                 continue
             if rule.new_state is not None:
                 new_state = rule.new_state
+                continue
+            if rule.tag is not None:
+                # A breakpoint fires once: the rule goes, the request suspends.
+                self.rules[event].remove(rule)
+                hits.append(rule.tag)
                 continue
             if not injected:
                 # The first inject rule of an event replaces the active set.
@@ -359,6 +388,58 @@ class BlkdebugDriver(BlockDriver):
                 injected = True
             self.active.insert(0, rule)
         self.state = new_state
+        return hits
+
+    async def event(self, event: str) -> None:
+        """Fire ``event`` and suspend the calling request at each breakpoint hit."""
+        for tag in self.fire(event):
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.suspended.append((tag, fut))
+            # QEMU prints these to stdout (iotests read them back).
+            print(f"blkdebug: Suspended request '{tag}'", flush=True)
+            try:
+                await fut
+            finally:
+                self.suspended = [s for s in self.suspended if s[1] is not fut]
+            print(f"blkdebug: Resuming request '{tag}'", flush=True)
+
+    # --- breakpoints (qemu-io break / remove_break / resume / wait_break) --------
+
+    def add_breakpoint(self, event: str, tag: str) -> None:
+        """blkdebug_debug_breakpoint(); OSError(ENOENT) for an unknown event."""
+        if event not in BLKDBG_EVENTS:
+            raise OSError(errno_mod.ENOENT, os.strerror(errno_mod.ENOENT))
+        self.rules.setdefault(event, []).insert(0, Rule(event, 0, error=0, tag=tag))
+
+    def _resume(self, tag: str, resume_all: bool) -> bool:
+        found = False
+        for t, fut in list(self.suspended):
+            if t == tag and not fut.done():
+                fut.set_result(None)
+                found = True
+                if not resume_all:
+                    break
+        return found
+
+    def remove_breakpoint(self, tag: str) -> None:
+        """Drop the breakpoints named ``tag`` and resume what they suspended."""
+        found = False
+        for rules in self.rules.values():
+            for rule in [r for r in rules if r.tag == tag]:
+                rules.remove(rule)
+                found = True
+        if self._resume(tag, True):
+            found = True
+        if not found:
+            raise OSError(errno_mod.ENOENT, os.strerror(errno_mod.ENOENT))
+
+    def resume(self, tag: str) -> None:
+        """Resume the oldest request suspended at ``tag``; ENOENT if none."""
+        if not self._resume(tag, False):
+            raise OSError(errno_mod.ENOENT, os.strerror(errno_mod.ENOENT))
+
+    def is_suspended(self, tag: str) -> bool:
+        return any(t == tag and not fut.done() for t, fut in self.suspended)
 
     def _check(self, offset: int, nbytes: int, iotype: str) -> None:
         """rule_check(): raise the injected error of the first matching rule."""
@@ -418,26 +499,26 @@ class BlkdebugDriver(BlockDriver):
         if align > 1 and (offset % align or len(mv) % align):
             # bdrv_co_pwritev padding: the read-modify-write events.
             if offset % align:
-                self.debug_event("pwritev_rmw_head")
-                self.debug_event("pwritev_rmw_after_head")
+                await self.event("pwritev_rmw_head")
+                await self.event("pwritev_rmw_after_head")
             if (offset + len(mv)) % align:
-                self.debug_event("pwritev_rmw_tail")
-                self.debug_event("pwritev_rmw_after_tail")
+                await self.event("pwritev_rmw_tail")
+                await self.event("pwritev_rmw_after_tail")
         for off, n in self._chunks(offset, len(mv)):
-            self.debug_event("pwritev")
+            await self.event("pwritev")
             self._check(off, n, "write")
             piece = mv[off - offset : off - offset + n]
             await self.image().write(off, piece, compressed=compressed, fua=fua)
-            self.debug_event("pwritev_done")
+            await self.event("pwritev_done")
 
     async def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         step = self.max_write_zero or length or 1
         for off in range(offset, offset + length, step):
             n = min(step, offset + length - off)
-            self.debug_event("pwritev_zero")
+            await self.event("pwritev_zero")
             self._check(off, n, "write-zeroes")
             await self.image().write_zeroes(off, n, may_unmap=may_unmap)
-            self.debug_event("pwritev_done")
+            await self.event("pwritev_done")
 
     async def discard(self, offset: int, length: int) -> None:
         self._check(offset, length, "discard")
