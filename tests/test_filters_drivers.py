@@ -432,3 +432,41 @@ async def test_quorum_fifo_and_threshold_errors(tmp_path: Path) -> None:
         await _quorum(tmp_path, {"vote-threshold": 1}, n=0)
     assert ei.value.desc == "Number of provided children must be 1 or more"
     assert QuorumDriver.supports_reopen is False
+
+
+@pytest.mark.qemu
+async def test_compress_and_cor_maps_match_qemu_io(tmp_path: Path, qemu_img: str,
+                                                   qemu_io: str) -> None:
+    """The same requests through QEMU's filters (qemu-io --image-opts) and ours
+    leave images with identical allocation maps and content."""
+    maps = {}
+    for who in ("qemu", "blockd"):
+        c = _qcow2(qemu_img, tmp_path / f"c-{who}.qcow2")
+        n = _qcow2(qemu_img, tmp_path / f"n-{who}.qcow2")
+        if who == "qemu":
+            _run(qemu_io, "--image-opts", "-c", "write -P 3 68k 512", "-c",
+                 "write -z 192k 100k", "-c", "write -z 448k 64k",
+                 f"driver=compress,file.driver=qcow2,file.file.driver=file,"
+                 f"file.file.filename={c}")
+            _run(qemu_io, "--image-opts", "-c", "read 0 4k", "-c", "read 200k 1k",
+                 f"driver=copy-on-read,file.driver=qcow2,file.file.driver=file,"
+                 f"file.file.filename={n}")
+        else:
+            top = await open_image(c, "qcow2", read_only=False)
+            drv = await _wire(CompressDriver(), {}, top)
+            await drv.write(68 * KiB, bytes([3]) * 512)
+            await drv.write_zeroes(192 * KiB, 100 * KiB)
+            await drv.write_zeroes(448 * KiB, 64 * KiB)
+            await close_image(top)
+            top = await open_image(n, "qcow2", read_only=False)
+            cor = await _wire(CopyOnReadDriver(), {}, top)
+            await cor.read(0, 4096)
+            await cor.read(200 * KiB, 1024)
+            await close_image(top)
+        maps[who] = (_run(qemu_img, "map", "--output=json", c),
+                     _run(qemu_img, "map", "--output=json", n))
+        assert _run(qemu_img, "check", c).startswith("No errors")
+    assert maps["blockd"] == maps["qemu"]
+    out = _run(qemu_img, "compare", "-f", "qcow2", "-F", "qcow2",
+               str(tmp_path / "c-qemu.qcow2"), str(tmp_path / "c-blockd.qcow2"))
+    assert "Images are identical" in out
