@@ -130,6 +130,29 @@ def test_throttle_groups_and_filter(tmp_path: Path, qemu_img: str, qsd: str) -> 
     _compare(tmp_path, qemu_img, script)
 
 
+def test_245_insert_throttle_filter(tmp_path: Path, qemu_img: str, qsd: str) -> None:
+    def script(f: Files) -> list[Cmd]:
+        hd0 = {"driver": "qcow2", "node-name": "hd0",
+               "file": {**f("hd0.qcow2"), "node-name": "hd0-file"}}
+        return [
+            _add(**hd0),
+            _x("object-add", **{"qom-type": "throttle-group", "id": "group0",
+                                "limits": {"iops-total": 1000}}),
+            _add(driver="throttle", **{"node-name": "throttle0", "throttle-group": "group0"},
+                 file="hd0-file"),
+            _x("blockdev-reopen", options=[{**hd0, "file": "throttle0"}]),
+            _x("query-named-block-nodes", flat=True),
+            _x("x-debug-query-block-graph"),
+            _x("blockdev-reopen", options=[{**hd0, "file": "hd0-file"}]),
+            _x("query-named-block-nodes", flat=True),
+            _x("object-del", id="group0"),
+            _x("blockdev-del", **{"node-name": "throttle0"}),
+            _x("object-del", id="group0"),
+        ]
+
+    _compare(tmp_path, qemu_img, script)
+
+
 def test_quorum_blkdebug_blkverify_compress(tmp_path: Path, qemu_img: str, qsd: str) -> None:
     def script(f: Files) -> list[Cmd]:
         quorum = {"driver": "quorum", "node-name": "quorum0",
