@@ -135,15 +135,6 @@ def strong_options_of(node: BlockNode) -> tuple[str, ...]:
     return STRONG_RUNTIME_OPTS.get(node.driver.name, ())
 
 
-def _backing_was_implicit(node: BlockNode, backing: BdrvChild) -> bool:
-    """Whether the backing child is the one the node opened from its image header
-    without any user option (QEMU then records its name as auto_backing_file)."""
-    child = backing.child
-    if child.inherits_from is not node or child.monitor_owned or not child.auto_named:
-        return False
-    return not any(k == "backing" or k.startswith("backing.") for k in node.explicit_options)
-
-
 @dataclass(eq=False)
 class FilenameInfo:
     """What bdrv_refresh_filename() leaves in one node."""
@@ -238,16 +229,12 @@ class FilenameCache:
 
     def backing_overridden(self, node: BlockNode) -> bool:
         """bdrv_backing_overridden(): the backing child is not what the image
-        header alone would have opened."""
+        header alone would have opened (compared with bs->auto_backing_file: the
+        header's name, or the implicitly opened backing's name)."""
         backing = node.child("backing")
-        auto = getattr(node, "auto_backing_file", None)
         if backing is not None:
-            if auto is None:
-                if _backing_was_implicit(node, backing):
-                    return False
-                auto = header_backing(node)[0]
-            return bool(auto != self.filename(backing.child))
-        return bool(auto if auto is not None else header_backing(node)[0])
+            return node.auto_backing_file != self.filename(backing.child)
+        return bool(node.auto_backing_file)
 
     def _compute(self, node: BlockNode) -> FilenameInfo:
         drv = node.driver
