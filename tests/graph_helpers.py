@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ class VM:
         self._log = open(self.log_path, "wb")
         start = start_qsd if qsd else start_blockd
         self.proc: DaemonProcess = start(workdir, stdout=self._log)
-        self.client = RawClient(self.proc.socket, negotiate=True)
+        self.client = _connect(self.proc.socket)
         self.events: list[dict[str, Any]] = []
 
     def qmp(self, cmd: str, **args: Any) -> dict[str, Any]:
@@ -42,6 +43,18 @@ class VM:
 
     def get_log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def _connect(path: str) -> RawClient:
+    # The socket file can appear a moment before the daemon listens on it.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return RawClient(path, negotiate=True)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def error_desc(reply: dict[str, Any]) -> str | None:

@@ -424,3 +424,107 @@ def test_backing_reference(env: Env) -> None:
     for name, want in (("hd0", "off"), ("hd1", "on"), ("hd2", "on")):
         n = env.get_node(name)
         assert n is not None and n["detect_zeroes"] == want
+
+
+def test_graph_cycles(env: Env) -> None:
+    opts = []
+    for i in range(3):
+        opts.append(env.hd_opts(i))
+        opts[i]["backing"] = None
+        env.add(**opts[i])
+    env.reopen(opts[0], {"backing": "hd1"})
+    env.reopen(opts[2], {"backing": "hd1"})
+    env.reopen(opts[1], {"backing": "hd2"},
+               "Making 'hd2' a backing child of 'hd1' would create a cycle")
+    env.reopen(opts[2], {"backing": "hd0"})
+    env.reopen(opts[1], {"backing": "hd2"},
+               "Making 'hd2' a backing child of 'hd1' would create a cycle")
+    env.reopen(opts[1], {"backing": "hd1"},
+               "Making 'hd1' a backing child of 'hd1' would create a cycle")
+    env.reopen(opts[0])
+    env.reopen(opts[2])
+    bvopts = {"driver": "blkverify", "node-name": "bv", "test": "hd0", "raw": "hd1"}
+    env.add(**bvopts)
+    env.reopen(bvopts, {}, "Block format 'blkverify' used by node 'bv' does not support "
+               "reopening files")
+    env.reopen(opts[0], {"backing": "bv"},
+               "Making 'bv' a backing child of 'hd0' would create a cycle")
+    env.delete("bv")
+
+
+def test_insert_throttle_filter(env: Env) -> None:
+    hd0_opts = env.hd_opts(0)
+    env.add(**hd0_opts)
+    env.ok(env.vm.qmp("object-add", **{"qom-type": "throttle-group", "id": "group0",
+                                        "limits": {"iops-total": 1000}}))
+    env.add(driver="throttle", **{"node-name": "throttle0", "throttle-group": "group0"},
+            file="hd0-file")
+    env.reopen(hd0_opts, {"file": "throttle0"})
+    env.reopen(hd0_opts, {"file": "hd0-file"})
+
+
+def test_insert_compress_filter(env: Env) -> None:
+    opts = {"driver": "raw", "node-name": "hd", "file": env.hd_opts(0)}
+    env.add(**opts)
+    env.add(driver="compress", **{"node-name": "compress0"}, file="hd0")
+    env.run_qemu_io("hd", "write -z -u 0 128k")
+    env.run_qemu_io("hd", "write -P 0xa0 0 64k")
+    env.reopen(opts, {"file": "compress0"})
+    env.run_qemu_io("hd", "write -P 0xa1 64k 64k")
+    env.reopen(opts, {"file": "hd0"})
+    env.run_qemu_io("hd", "write -P 0xa2 128k 64k")
+    env.run_qemu_io("hd", "read -P 0xa0    0 64k")
+    env.run_qemu_io("hd", "read -P 0xa1  64k 64k")
+    env.run_qemu_io("hd", "read -P 0xa2 128k 64k")
+    env.finish()
+    out = subprocess.run(
+        [env.qemu_io, "-f", "raw", "-c", "read -P 0x80 0x40000 1", "-c",
+         "read -P 0x40 0x40008 1", "-c", "read -P 0x80 0x40010 1", env.hd_path[0]],
+        capture_output=True, text=True, check=True).stdout
+    assert "Pattern verification failed" not in out
+    assert out.count("read 1/1 bytes") == 3
+
+
+def test_misc_drivers(env: Env) -> None:
+    for i in range(3):
+        opts = env.hd_opts(i)
+        opts["backing"] = None
+        env.add(**opts)
+    opts = {"driver": "quorum", "node-name": "quorum0", "children": ["hd0", "hd1", "hd2"],
+            "vote-threshold": 2}
+    env.add(**opts)
+    env.reopen(opts, {}, "Block format 'quorum' used by node 'quorum0' does not support "
+               "reopening files")
+    env.reopen(env.hd_opts(0), {"backing": "quorum0"},
+               "Making 'quorum0' a backing child of 'hd0' would create a cycle")
+    env.delete("quorum0")
+    for i in range(3):
+        env.delete(f"hd{i}")
+
+    opts = {"driver": "blkdebug", "node-name": "bd", "config": "/dev/null",
+            "image": env.hd_opts(0)}
+    env.add(**opts)
+    env.reopen(opts)
+    env.reopen(opts, {"image": "hd1"}, "Cannot change the option 'image'")
+    env.reopen(opts, {"align": 33554432}, "Cannot change the option 'align'")
+    env.reopen(opts, {"config": "/non/existent"}, "Cannot change the option 'config'")
+    del opts["config"]
+    env.reopen(opts, {}, "Option 'config' cannot be reset to its default value")
+    env.delete("bd")
+
+    for gid, iops in (("group0", 1000), ("group1", 2000)):
+        env.ok(env.vm.qmp("object-add", **{"qom-type": "throttle-group", "id": gid,
+                                            "limits": {"iops-total": iops}}))
+    opts = {"driver": "throttle", "node-name": "throttle0", "throttle-group": "group0",
+            "file": env.hd_opts(0)}
+    env.add(**opts)
+    env.reopen(opts)
+    env.reopen(opts, {"file": "hd0"})
+    env.reopen(opts, {"throttle-group": "notfound"}, "Throttle group 'notfound' does not exist")
+    env.reopen(opts, {"throttle-group": "group1"})
+    env.err(env.vm.qmp("object-del", id="group1"), "object 'group1' is in use, can not be deleted")
+    env.reopen(opts)
+    env.err(env.vm.qmp("object-del", id="group0"), "object 'group0' is in use, can not be deleted")
+    env.ok(env.vm.qmp("object-del", id="group1"))
+    env.delete("throttle0")
+    env.ok(env.vm.qmp("object-del", id="group0"))
