@@ -12,9 +12,13 @@ import pytest
 
 from blockd.daemon import Daemon
 from blockd.drivers.base import ChildRole
-from blockd.graph.filename import full_backing_filename_from_filename, path_combine
-from blockd.graph.node import BdrvChild, attach_child, detach_child
-from blockd.graph.query import query_block, xdbg_block_graph
+from blockd.graph.filename import (
+    FilenameInfo,
+    full_backing_filename_from_filename,
+    path_combine,
+)
+from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child
+from blockd.graph.query import BlockQuery, named_block_nodes, query_block, xdbg_block_graph
 from blockd.qmp.json_encoder import encode
 from blockd.qmp.qdict import qdict_ordered
 
@@ -105,3 +109,79 @@ def test_path_helpers() -> None:
     assert full_backing_filename_from_filename("json:{}", "rel") is None
     assert full_backing_filename_from_filename("json:{}", "/abs") == "/abs"
     assert full_backing_filename_from_filename("/d/x", "") is None
+
+
+@pytest.mark.qemu
+async def test_implicit_filter_is_transparent(tmp_path: Path, qemu_img: str) -> None:
+    """A job's implicit filter shows its child's name; query-block looks through it."""
+    daemon = await _chain(tmp_path, qemu_img)
+    try:
+        await daemon.execute("blockdev-add", {"driver": "copy-on-read", "node-name": "cor",
+                                              "file": "disk"})
+        cor = daemon.graph.lookup("cor")
+        assert cor is not None
+        q = BlockQuery()
+        assert q.names.filename(cor).startswith("json:{")
+        cor.implicit = True
+        q = BlockQuery()
+        assert q.names.filename(cor) == str(tmp_path / "top.qcow2")
+        root = attach_child(None, cor, "root", ChildRole.DATA | ChildRole.PRIMARY)
+        inserted = query_block([Backend("drive0", None, root)])[0]["inserted"]
+        assert inserted["node-name"] == "disk" and inserted["backing_file_depth"] == 2
+        # query-named-block-nodes does not skip it: the filter counts as a level.
+        named = {n["node-name"]: n for n in named_block_nodes(daemon.graph.named_nodes(), False)}
+        assert named["cor"]["backing_file_depth"] == 3
+        detach_child(root)
+    finally:
+        await daemon.stop()
+
+
+class CountingQuery(BlockQuery):
+    """Counts how often each node's ImageInfo is built."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.built: dict[str, int] = {}
+
+    def image_info(self, node: BlockNode) -> dict[str, Any]:
+        if id(node) not in self._images:
+            self.built[node.node_name] = self.built.get(node.node_name, 0) + 1
+        return super().image_info(node)
+
+
+@pytest.mark.qemu
+async def test_each_node_computed_once(tmp_path: Path, qemu_img: str) -> None:
+    """The nested reply shares one ImageInfo per chain link and each node's name is
+    refreshed once per query, so building a reply is linear in the graph size."""
+    depth = 12
+    subprocess.run([qemu_img, "create", "-f", "qcow2", "c0.qcow2", "1M"], check=True,
+                   capture_output=True, cwd=tmp_path)
+    for i in range(1, depth):
+        subprocess.run([qemu_img, "create", "-f", "qcow2", "-b", f"c{i - 1}.qcow2", "-F",
+                        "qcow2", f"c{i}.qcow2"], check=True, capture_output=True, cwd=tmp_path)
+    daemon = Daemon()
+    try:
+        await daemon.execute("blockdev-add", {
+            "driver": "qcow2", "node-name": "top", "read-only": True,
+            "file": {"driver": "file", "filename": str(tmp_path / f"c{depth - 1}.qcow2")}})
+        nodes = daemon.graph.named_nodes()
+        q = CountingQuery()
+        computed: list[int] = []
+        orig = q.names._compute
+
+        def compute(node: BlockNode) -> FilenameInfo:
+            computed.append(id(node))
+            return orig(node)
+
+        q.names._compute = compute  # type: ignore[method-assign]
+        infos = [q.block_device_info(n, False) for n in nodes]
+        assert len(nodes) == 2 * depth
+        assert sorted(computed) == sorted(id(n) for n in nodes)
+        assert set(q.built.values()) == {1} and len(q.built) == len(nodes)
+        top = next(i for i in infos if i["node-name"] == "top")
+        assert top["backing_file_depth"] == depth - 1
+        # The chain below "top" is the very object reported for the next node.
+        below = top["image"]["backing-image"]
+        assert any(i["image"] is below for i in infos)
+    finally:
+        await daemon.stop()
