@@ -58,7 +58,7 @@ def _map(qemu_img: str, path: Path) -> list[dict[str, object]]:
     return out
 
 
-@pytest.mark.parametrize("layout", ["v3", "v2", "v3-backing"])
+@pytest.mark.parametrize("layout", ["v3", "v2", "v3-backing", "extl2", "extl2-backing"])
 def test_random_requests_match_qemu(layout: str) -> None:
     qemu_img = require_tool("qemu-img")
     qemu_io = require_tool("qemu-io")
@@ -75,7 +75,9 @@ def test_random_requests_match_qemu(layout: str) -> None:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
             opts = "compat=0.10" if layout == "v2" else "compat=1.1"
-            if layout == "v3-backing":
+            if layout.startswith("extl2"):
+                opts += ",extended_l2=on"
+            if layout.endswith("backing"):
                 base = tmp / "base.raw"
                 base.write_bytes(bytes(range(256)) * (SIZE // 256))
                 opts += ",backing_file=base.raw,backing_fmt=raw"
@@ -115,6 +117,9 @@ def test_random_requests_match_qemu(layout: str) -> None:
             asyncio.run(through_driver())
             assert_clean(qemu_img, mine)
             run(qemu_img, "compare", str(ref), str(mine))
-            assert _map(qemu_img, mine) == _map(qemu_img, ref)
+            if not layout.startswith("extl2"):
+                # With subclusters blockd allocates whole clusters where QEMU
+                # allocates subclusters: same content, different map.
+                assert _map(qemu_img, mine) == _map(qemu_img, ref)
 
     check()

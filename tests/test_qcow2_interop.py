@@ -43,6 +43,8 @@ MiB = 1 << 20
             {"backing_file": "base.img", "backing_fmt": "raw"},
             "backing_file=base.img,backing_fmt=raw",
         ),
+        ({"extended_l2": True}, "extended_l2=on"),
+        ({"extended_l2": True, "cluster_size": 16384}, "extended_l2=on,cluster_size=16k"),
     ],
 )
 async def test_create_is_byte_identical(
@@ -659,9 +661,8 @@ def _metadata(path: Path) -> list[bytes]:
     return out
 
 
-async def test_extended_l2_read_only(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
-    """Images with extended L2 entries (subclusters) read like QEMU reads them;
-    blockd refuses write access to them."""
+async def test_extended_l2_reads(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
+    """Images with extended L2 entries (subclusters) read like QEMU reads them."""
     base = tmp_path / "base.raw"
     base.write_bytes(b"\x07" * (4 * MiB))
     img = tmp_path / "x.qcow2"
@@ -699,7 +700,36 @@ async def test_extended_l2_read_only(tmp_path: Path, qemu_img: str, qemu_io: str
         assert info is not None and info["extended-l2"] is True
     finally:
         await close(drv)
+
+
+@pytest.mark.parametrize("prealloc", ["off", "metadata", "falloc", "full"])
+async def test_extended_l2_create(tmp_path: Path, qemu_img: str, prealloc: str) -> None:
+    mine, ref = tmp_path / "mine.qcow2", tmp_path / "ref.qcow2"
+    await create(mine, 40 * MiB, extended_l2=True, preallocation=prealloc)
+    run(
+        qemu_img,
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        f"extended_l2=on,preallocation={prealloc}",
+        str(ref),
+        "40M",
+    )
+    assert mine.read_bytes() == ref.read_bytes()
+
+
+async def test_extended_l2_create_errors(tmp_path: Path) -> None:
     from blockd.qmp.errors import GenericError
 
-    with pytest.raises(GenericError, match="extended L2 entries"):
-        await open_rw(img)
+    with pytest.raises(GenericError) as e:
+        await create(tmp_path / "a.qcow2", MiB, extended_l2=True, cluster_size=8192)
+    assert e.value.desc == (
+        "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"
+    )
+    with pytest.raises(GenericError) as e:
+        await create(tmp_path / "b.qcow2", MiB, extended_l2=True, compat="0.10")
+    assert e.value.desc == (
+        "Extended L2 entries are only supported with compatibility level 1.1 "
+        "and above (use version=v3 or greater)"
+    )

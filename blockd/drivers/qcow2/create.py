@@ -28,6 +28,7 @@ def _validate(
     lazy_refcounts: bool,
     preallocation: str,
     refcount_bits: int,
+    extended_l2: bool = False,
 ) -> int:
     """QEMU's qcow2_co_create() option checks; returns the header version."""
     if compat in ("0.10", "v2"):
@@ -42,6 +43,10 @@ def _validate(
         or cluster_size & (cluster_size - 1)
     ):
         raise GenericError("Cluster size must be a power of two between 512 and 2048k")
+    if extended_l2 and cluster_size < 16384:
+        raise GenericError(
+            "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"
+        )
     if preallocation not in PREALLOC_MODES:
         raise GenericError(f"Parameter 'preallocation' does not accept value '{preallocation}'")
     if backing_fmt and not backing_file:
@@ -54,6 +59,11 @@ def _validate(
         raise GenericError(
             "Lazy refcounts only supported with compatibility level 1.1 and above "
             "(use version=v3 or greater)"
+        )
+    if extended_l2 and version < 3:
+        raise GenericError(
+            "Extended L2 entries are only supported with compatibility level 1.1 "
+            "and above (use version=v3 or greater)"
         )
     if refcount_bits > 64 or refcount_bits <= 0 or refcount_bits & (refcount_bits - 1):
         raise GenericError("Refcount width must be a power of two and may not exceed 64 bits")
@@ -79,6 +89,7 @@ async def qcow2_create(
     preallocation: str = "off",
     refcount_bits: int = 16,
     strict_size: bool = False,
+    extended_l2: bool = False,
 ) -> None:
     """Format an opened, writable, empty protocol node as a qcow2 image of ``size``.
 
@@ -98,6 +109,7 @@ async def qcow2_create(
         lazy_refcounts,
         preallocation,
         refcount_bits,
+        extended_l2,
     )
     if size % 512:
         if strict_size:
@@ -117,6 +129,8 @@ async def qcow2_create(
     )
     if lazy_refcounts:
         hdr.compatible_features |= H.COMPAT_LAZY_REFCOUNTS
+    if extended_l2:
+        hdr.incompatible_features |= H.INCOMPAT_EXTL2
     await file.write(0, H.serialize_header(hdr))
     # Refcount table naming the block in cluster 2, which counts clusters 0..2.
     table = bytearray(cluster_size)

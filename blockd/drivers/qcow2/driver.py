@@ -101,6 +101,16 @@ class ImageTooLarge(GenericError):
     errno = errno.EFBIG
 
 
+# Extended L2 subcluster bitmaps (low half: allocated, high half: reads as zero).
+BITMAP_ALL_ALLOC = 0x00000000FFFFFFFF
+BITMAP_ALL_ZERO = 0xFFFFFFFF00000000
+
+
+def _sub_range(first: int, count: int) -> int:
+    """Bitmap bits of subclusters first..first+count-1 (low half)."""
+    return ((1 << count) - 1) << first
+
+
 def _hx(value: int) -> str:
     """C's %#x: no 0x prefix for zero."""
     return f"{value:#x}" if value else "0"
@@ -133,6 +143,8 @@ class _AllocPlan:
     host: int
     old: list[int]
     done: asyncio.Event
+    # Subcluster bitmaps of ``old`` (extended L2 entries only).
+    old_bitmaps: list[int] | None = None
 
 
 @register_driver
@@ -283,11 +295,6 @@ class Qcow2Driver(BlockDriver):
             sub = self.cluster_size // 32
             if sub < 512:
                 raise GenericError(f"Unsupported subcluster size: {sub}")
-            if not self.read_only:
-                # blockd reads such images; writing them (subcluster allocation)
-                # is not implemented, so refuse write access as for an
-                # unsupported feature.
-                raise GenericError("Unsupported qcow2 feature(s): extended L2 entries")
 
         if hdr.refcount_table_clusters == 0 and not check_mode:
             raise GenericError("Image does not contain a reference count table")
@@ -635,7 +642,14 @@ class Qcow2Driver(BlockDriver):
         await self._check_host_range(l2_off, self.cluster_size, "L2 table")
         slc, first, _ = await self._l2_slice(l2_off, l2_idx)
         i = l2_idx - first
+        if self.extl2:
+            return list(struct.unpack_from(f">{2 * n}Q", slc, i * 16)[::2]), l2_off
         return list(struct.unpack_from(f">{n}Q", slc, i * 8)), l2_off
+
+    async def _bitmaps(self, offset: int, count: int) -> list[int]:
+        """Subcluster bitmaps of extended L2 entries (as many as _entries gives)."""
+        pairs, _ = await self._entries_ext(offset, count)
+        return [bm for _, bm in pairs]
 
     async def _entries_ext(self, offset: int, count: int) -> tuple[list[tuple[int, int]], int]:
         """Extended L2 (entry, subcluster bitmap) pairs, like _entries()."""
@@ -678,22 +692,29 @@ class Qcow2Driver(BlockDriver):
                         continue
                     if bitmap & (1 << sc):
                         ct, host = ClusterType.NORMAL, base + (s - cstart)
+                        writable = bool(e & OFLAG_COPIED)
                     elif bitmap & (1 << (32 + sc)):
                         ct = ClusterType.ZERO_ALLOC if base else ClusterType.ZERO_PLAIN
                         host = base + (s - cstart) if base else 0
+                        writable = False
                     else:
-                        ct, host = ClusterType.UNALLOCATED, 0
+                        # Unallocated subcluster (of an allocated cluster: its
+                        # host offset is still reported, as QEMU's map shows).
+                        ct, writable = ClusterType.UNALLOCATED, False
+                        host = base + (s - cstart) if base else 0
                     if out:
                         p = out[-1]
                         if (
                             p.ctype == ct
-                            and ct != ClusterType.COMPRESSED
+                            and p.writable == writable
                             and p.offset + p.length == s
                             and (not host or p.host + p.length == host)
                         ):
-                            out[-1] = Extent(p.offset, p.length + t - s, ct, p.host, p.entry, False)
+                            out[-1] = Extent(
+                                p.offset, p.length + t - s, ct, p.host, p.entry, writable
+                            )
                             continue
-                    out.append(Extent(s, t - s, ct, host, e, False))
+                    out.append(Extent(s, t - s, ct, host, e, writable))
             pos = min(end, (first_cluster + len(pairs)) << self.cluster_bits)
         for ext in out:
             if ext.ctype == ClusterType.NORMAL:
@@ -872,14 +893,43 @@ class Qcow2Driver(BlockDriver):
             await self._free(old, self.cluster_size, DISCARD_OTHER)
         return new
 
-    async def _set_entries(self, offset: int, entries: list[int]) -> None:
-        """Write L2 entries for consecutive clusters from offset (one slice)."""
+    async def _set_entries(
+        self,
+        offset: int,
+        entries: list[int],
+        bitmaps: list[int] | None = None,
+        fresh_bitmap: int = BITMAP_ALL_ALLOC,
+    ) -> None:
+        """Write L2 entries for consecutive clusters from offset (one slice).
+
+        With extended L2 entries, ``bitmaps`` gives the subcluster bitmaps; by
+        default an unchanged entry keeps its bitmap, a new data cluster gets
+        ``fresh_bitmap`` (all subclusters allocated; preallocation: none) and
+        anything else has none.
+        """
         l1_idx, l2_idx = self._split(offset)
         l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
         slc, first, host = await self._l2_slice(l2_off, l2_idx)
         i = l2_idx - first
-        struct.pack_into(f">{len(entries)}Q", slc, i * 8, *entries)
-        await self._pwrite(host + i * 8, bytes(slc[i * 8 : (i + len(entries)) * 8]))
+        n = len(entries)
+        if not self.extl2:
+            struct.pack_into(f">{n}Q", slc, i * 8, *entries)
+            await self._pwrite(host + i * 8, bytes(slc[i * 8 : (i + n) * 8]))
+            return
+        old = struct.unpack_from(f">{2 * n}Q", slc, i * 16)
+        flat: list[int] = []
+        for k, e in enumerate(entries):
+            if bitmaps is not None:
+                bm = bitmaps[k]
+            elif e == old[2 * k]:
+                bm = old[2 * k + 1]
+            elif e & L2E_OFFSET_MASK and not e & OFLAG_COMPRESSED:
+                bm = fresh_bitmap
+            else:
+                bm = 0
+            flat += [e, bm]
+        struct.pack_into(f">{2 * n}Q", slc, i * 16, *flat)
+        await self._pwrite(host + i * 16, bytes(slc[i * 16 : (i + n) * 16]))
 
     async def _free(self, host: int, length: int, kind: str) -> None:
         """Drop one reference on the clusters of [host, host+length).
@@ -973,7 +1023,11 @@ class Qcow2Driver(BlockDriver):
                     # Allocated, owned clusters: overwrite in place outside the lock.
                     run = head.length
                     self._io_begin()
-                elif head.ctype == ClusterType.ZERO_ALLOC and head.entry & OFLAG_COPIED:
+                elif (
+                    head.ctype == ClusterType.ZERO_ALLOC
+                    and head.entry & OFLAG_COPIED
+                    and not self.extl2
+                ):
                     # Preallocated zero clusters we own: fill them in place.
                     run = head.length
                     await self._write_zero_alloc(pos, mv[pos - offset : pos - offset + run], head)
@@ -1037,8 +1091,21 @@ class Qcow2Driver(BlockDriver):
         await self._pwrite(host, buf)
         await self._set_entries(first, [(host + i * cs) | OFLAG_COPIED for i in range(n)])
 
-    async def _old_cluster(self, cstart: int, entry: int) -> bytes:
-        """Current guest content of the cluster at cstart (for copy-on-write)."""
+    async def _old_cluster(self, cstart: int, entry: int, bitmap: int = 0) -> bytes:
+        """Current guest content of the cluster at cstart (for copy-on-write);
+        ``bitmap`` is the subcluster bitmap of an extended L2 entry."""
+        if self.extl2 and not entry & OFLAG_COMPRESSED:
+            sub = self.cluster_size // 32
+            out = bytearray(self.cluster_size)
+            base = entry & L2E_OFFSET_MASK
+            for sc in range(32):
+                if bitmap & (1 << sc):
+                    out[sc * sub : (sc + 1) * sub] = await self._pread(base + sc * sub, sub)
+                elif not bitmap & (1 << (32 + sc)):
+                    out[sc * sub : (sc + 1) * sub] = await self._read_backing(
+                        cstart + sc * sub, sub
+                    )
+            return bytes(out)
         ct = cluster_type(entry)
         if ct == ClusterType.NORMAL:
             return await self._pread(entry & L2E_OFFSET_MASK, self.cluster_size)
@@ -1058,8 +1125,9 @@ class Qcow2Driver(BlockDriver):
         l1_idx, _ = self._split(offset)
         await self._writable_l2(l1_idx)
         old, _ = await self._entries(offset, n)
+        bitmaps = await self._bitmaps(offset, n) if self.extl2 else None
         host = await self._alloc(n)
-        plan = _AllocPlan(c0, c1, offset, host, old, asyncio.Event())
+        plan = _AllocPlan(c0, c1, offset, host, old, asyncio.Event(), bitmaps)
         self._allocs.append(plan)
         self._io_begin()
         return plan
@@ -1075,11 +1143,14 @@ class Qcow2Driver(BlockDriver):
             buf = bytearray(n * cs)
             head = plan.offset - (plan.c0 << self.cluster_bits)
             tail = ((plan.c1 + 1) << self.cluster_bits) - (plan.offset + len(data))
+            bms = plan.old_bitmaps or [0] * n
             if head:
-                buf[:cs] = await self._old_cluster(plan.c0 << self.cluster_bits, plan.old[0])
+                buf[:cs] = await self._old_cluster(
+                    plan.c0 << self.cluster_bits, plan.old[0], bms[0]
+                )
             if tail and (n > 1 or not head):
                 buf[(n - 1) * cs :] = await self._old_cluster(
-                    plan.c1 << self.cluster_bits, plan.old[-1]
+                    plan.c1 << self.cluster_bits, plan.old[-1], bms[-1]
                 )
             buf[head : head + len(data)] = data
             await self._check_overlap(plan.host, len(buf))
@@ -1094,6 +1165,7 @@ class Qcow2Driver(BlockDriver):
                         await self._set_entries(
                             plan.c0 << self.cluster_bits,
                             [(plan.host + i * cs) | OFLAG_COPIED for i in range(n)],
+                            [BITMAP_ALL_ALLOC] * n if self.extl2 else None,
                         )
                         for e in plan.old:
                             await self._free_entry(e, DISCARD_OTHER)
@@ -1130,7 +1202,7 @@ class Qcow2Driver(BlockDriver):
                 await self._check_overlap(host, len(packed))
                 await self._pwrite(host, packed)
                 await self._dependency_barrier()
-                await self._set_entries(guest, [self.cgeo.encode(host, len(packed))])
+                await self._set_entries(guest, [self.cgeo.encode(host, len(packed))], [0])
             pos += cs
 
     async def _alloc_bytes(self, size: int) -> int:
@@ -1166,21 +1238,43 @@ class Qcow2Driver(BlockDriver):
         if offset < 0 or offset + length > self.size:
             raise _eio()
         await self._before_modify()
-        cs = self.cluster_size
+        # pwrite_zeroes_alignment: the subcluster with extended L2 entries.
+        g = self.cluster_size >> 5 if self.extl2 else self.cluster_size
         end = offset + length
         pos = offset
         while pos < end:
-            cstart = pos & ~(cs - 1)
-            cend = min(cstart + cs, self.size)
-            if pos == cstart and end >= cend:
-                # Whole clusters (the last one may end at the image end).
-                stop = end if end == self.size else end & ~(cs - 1)
-                if not await self._zeroize_clusters(pos, stop - pos, may_unmap):
-                    await self._write_zero_bytes(pos, stop - pos)
+            ustart = pos & ~(g - 1)
+            uend = min(ustart + g, self.size)
+            if pos == ustart and end >= uend:
+                # Whole units (the last one may end at the image end).
+                stop = end if end == self.size else end & ~(g - 1)
+                await self._zero_aligned(pos, stop, may_unmap)
                 pos = stop
                 continue
-            piece_end = min(end, cend)
-            if not await self._zero_partial(cstart, cend, pos, piece_end, may_unmap):
+            piece_end = min(end, uend)
+            if not await self._zero_partial(ustart, uend, pos, piece_end, may_unmap):
+                await self._write_zero_bytes(pos, piece_end - pos)
+            pos = piece_end
+
+    async def _zero_aligned(self, a: int, b: int, may_unmap: bool) -> None:
+        """qcow2_co_pwrite_zeroes() on an aligned range; zero bytes where QEMU
+        falls back (-ENOTSUP)."""
+        cs = self.cluster_size
+        if not self.extl2:
+            if not await self._zeroize_clusters(a, b - a, may_unmap):
+                await self._write_zero_bytes(a, b - a)
+            return
+        pos = a
+        while pos < b:
+            cstart = pos & ~(cs - 1)
+            cend = min(cstart + cs, self.size)
+            if pos == cstart and b >= cend:
+                stop = b if b == self.size else b & ~(cs - 1)
+                await self._zeroize(pos, stop - pos, may_unmap)
+                pos = stop
+                continue
+            piece_end = min(b, cend)
+            if not await self._zero_subclusters(pos, piece_end - pos):
                 await self._write_zero_bytes(pos, piece_end - pos)
             pos = piece_end
 
@@ -1205,13 +1299,16 @@ class Qcow2Driver(BlockDriver):
         ):
             return False
         async with self._locked(cstart, cend - cstart):
-            (entry,), _ = await self._entries(cstart, 1)
-            if cluster_type(entry) not in (
+            kinds = {e.ctype for e in await self._map(cstart, cend - cstart)}
+            if not kinds <= {
                 ClusterType.UNALLOCATED,
                 ClusterType.ZERO_PLAIN,
                 ClusterType.ZERO_ALLOC,
-            ):
+            }:
                 return False
+        if self.extl2:
+            await self._zero_aligned(cstart, cend, may_unmap)
+            return True
         return await self._zeroize_clusters(cstart, cend - cstart, may_unmap)
 
     async def _is_zero(self, offset: int, length: int) -> bool:
@@ -1241,6 +1338,7 @@ class Qcow2Driver(BlockDriver):
             pos += n
 
     async def _zeroize(self, offset: int, length: int, may_unmap: bool) -> None:
+        """zero_in_l2_slice() on whole clusters [offset, offset+length)."""
         cs = self.cluster_size
         pos = offset
         end = offset + length
@@ -1248,33 +1346,52 @@ class Qcow2Driver(BlockDriver):
             async with self._locked(pos, end - pos):
                 n = -(-(end - pos) // cs)
                 old, _ = await self._entries(pos, n)
-                if all(
-                    (e & OFLAG_ZERO and not (e & L2E_OFFSET_MASK and may_unmap))
-                    and not e & OFLAG_COMPRESSED
-                    for e in old
-                ):
-                    pos += len(old) * cs
-                    continue
-                l1_idx, _ = self._split(pos)
-                await self._writable_l2(l1_idx)
-                old, _ = await self._entries(pos, n)
+                old_bms = await self._bitmaps(pos, n) if self.extl2 else [0] * len(old)
                 new: list[int] = []
+                new_bms: list[int] = []
                 frees: list[int] = []
-                for e in old:
+                for e, bm in zip(old, old_bms, strict=True):
                     ct = cluster_type(e)
                     unmap = ct == ClusterType.COMPRESSED or (
                         may_unmap and ct in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC)
                     )
-                    ne = (0 if unmap else e) | OFLAG_ZERO
-                    new.append(ne)
+                    if self.extl2:
+                        new.append(0 if unmap else e)
+                        new_bms.append(BITMAP_ALL_ZERO)
+                    else:
+                        new.append((0 if unmap else e) | OFLAG_ZERO)
+                        new_bms.append(bm)
                     if unmap:
                         frees.append(e)
+                if new == old and new_bms == old_bms:
+                    pos += len(old) * cs
+                    continue
+                l1_idx, _ = self._split(pos)
+                await self._writable_l2(l1_idx)
                 await self._dependency_barrier()
-                await self._set_entries(pos, new)
-                if frees:
-                    for e in frees:
-                        await self._free_entry(e, DISCARD_REQUEST)
+                await self._set_entries(pos, new, new_bms if self.extl2 else None)
+                for e in frees:
+                    await self._free_entry(e, DISCARD_REQUEST)
                 pos += len(old) * cs
+
+    async def _zero_subclusters(self, offset: int, length: int) -> bool:
+        """zero_l2_subclusters(): mark subclusters of one cluster as zero (extended
+        L2); False for a compressed cluster (QEMU then writes zeros)."""
+        sub_bits = self.cluster_bits - 5
+        cstart = offset & ~(self.cluster_size - 1)
+        first = (offset - cstart) >> sub_bits
+        count = -(-length // (1 << sub_bits))
+        async with self._locked(cstart, self.cluster_size):
+            (entry,), _ = await self._entries(cstart, 1)
+            if entry & OFLAG_COMPRESSED:
+                return False
+            l1_idx, _ = self._split(cstart)
+            await self._writable_l2(l1_idx)
+            (bm,) = await self._bitmaps(cstart, 1)
+            new = (bm | (_sub_range(first, count) << 32)) & ~_sub_range(first, count)
+            if new != bm:
+                await self._set_entries(cstart, [entry], [new])
+        return True
 
     async def discard(self, offset: int, length: int) -> None:
         self._check_writable()
@@ -1305,7 +1422,9 @@ class Qcow2Driver(BlockDriver):
                     continue
                 new: list[int] = []
                 frees: list[int] = []
-                for e in old:
+                old_bms = await self._bitmaps(pos, n) if self.extl2 else [0] * len(old)
+                new_bms: list[int] = []
+                for e, bm in zip(old, old_bms, strict=True):
                     ct = cluster_type(e)
                     allocated = ct in (
                         ClusterType.NORMAL,
@@ -1313,19 +1432,22 @@ class Qcow2Driver(BlockDriver):
                         ClusterType.COMPRESSED,
                     )
                     if self.backing is not None or allocated:
-                        ne = OFLAG_ZERO if self.header.version >= 3 else 0
+                        # Extended L2: no zero flag, the bitmap says "zero".
+                        ne = OFLAG_ZERO if self.header.version >= 3 and not self.extl2 else 0
+                        nb = BITMAP_ALL_ZERO if self.extl2 else 0
                     else:
-                        ne = e
+                        ne, nb = e, bm
                     new.append(ne)
+                    new_bms.append(nb)
                     if allocated and ne != e:
                         frees.append(e)
-                if new == old:
+                if new == old and new_bms == old_bms:
                     pos += step
                     continue
                 l1_idx, _ = self._split(pos)
                 await self._writable_l2(l1_idx)
                 await self._dependency_barrier()
-                await self._set_entries(pos, new)
+                await self._set_entries(pos, new, new_bms if self.extl2 else None)
                 if frees:
                     for e in frees:
                         await self._free_entry(e, DISCARD_REQUEST)
@@ -1406,7 +1528,8 @@ class Qcow2Driver(BlockDriver):
                     else:
                         unused.append(host + k * cs)
                 await self._dependency_barrier()
-                await self._set_entries(pos, new)
+                # Preallocated clusters hold no data yet: no subcluster allocated.
+                await self._set_entries(pos, new, fresh_bitmap=0)
                 pos += n * cs
                 host += n * cs
             for off in unused:
@@ -1506,7 +1629,7 @@ class Qcow2Driver(BlockDriver):
                             ClusterType.ZERO_PLAIN,
                         ):
                             new[k] = (host + (k - i0) * cs) | OFLAG_COPIED
-                    await self._set_entries(pos, new)
+                    await self._set_entries(pos, new, fresh_bitmap=0)
                     # Clusters of the run that were already allocated stay unused.
                     unused = [k for k in range(i0, len(old)) if new[k] == old[k]]
                     if unused:
@@ -1544,8 +1667,8 @@ class Qcow2Driver(BlockDriver):
         if ext.ctype == ClusterType.ZERO_PLAIN:
             return BlockStatus(F.ZERO | F.ALLOCATED, ext.length, None)
         if self.backing is None or offset >= self.backing.get_length():
-            return BlockStatus(F.ZERO, ext.length, None)
-        return BlockStatus(F(0), ext.length, None)
+            return BlockStatus(F.ZERO, ext.length, ext.host or None)
+        return BlockStatus(F(0), ext.length, ext.host or None)
 
     async def _detect_metadata_prealloc(self) -> bool:
         """qcow2_detect_metadata_preallocation(): far more clusters in use than
