@@ -495,34 +495,92 @@ class BlkdebugDriver(BlockDriver):
         fua: bool = False,
     ) -> None:
         mv = memoryview(data).cast("B")
+        if not len(mv):
+            return
         align = self.refresh_limits().request_alignment
         if align > 1 and (offset % align or len(mv) % align):
-            # bdrv_co_pwritev padding: the read-modify-write events.
-            if offset % align:
-                await self.event("pwritev_rmw_head")
-                await self.event("pwritev_rmw_after_head")
-            if (offset + len(mv)) % align:
-                await self.event("pwritev_rmw_tail")
-                await self.event("pwritev_rmw_after_tail")
+            offset, mv = await self._pad(offset, mv, align)
+        # bdrv_aligned_pwritev: one event pair per request, split at max-transfer.
+        await self.event("pwritev")
         for off, n in self._chunks(offset, len(mv)):
-            await self.event("pwritev")
             self._check(off, n, "write")
             piece = mv[off - offset : off - offset + n]
             await self.image().write(off, piece, compressed=compressed, fua=fua)
-            await self.event("pwritev_done")
+        await self.event("pwritev_done")
+
+    async def _pad(self, offset: int, mv: memoryview, align: int) -> tuple[int, memoryview]:
+        """bdrv_co_pwritev padding: read the partial head/tail blocks (with the
+        rmw events) and widen the write to them.  Measured on QEMU 7.2: these
+        padding reads are not subject to inject-error rules (only the write is)."""
+        size = self.get_length()
+        req_end = offset + len(mv)
+        start = offset - offset % align
+        tail_start = req_end - req_end % align
+        end = min(tail_start + align, max(size, req_end)) if req_end % align else req_end
+
+        async def block(at: int) -> bytes:
+            n = min(align, max(0, size - at))
+            got = await self.image().read(at, n) if n else b""
+            return got + bytes(align - len(got))
+
+        head_block = b""
+        head = tail = b""
+        if offset % align:
+            await self.event("pwritev_rmw_head")
+            head_block = await block(start)
+            head = head_block[: offset - start]
+            await self.event("pwritev_rmw_after_head")
+        if req_end % align and end > req_end:
+            await self.event("pwritev_rmw_tail")
+            # Head and tail in one block: QEMU reads it once.
+            blk = head_block if head_block and tail_start == start else await block(tail_start)
+            tail = blk[req_end - tail_start : end - tail_start]
+            await self.event("pwritev_rmw_after_tail")
+        return start, memoryview(head + bytes(mv) + tail)
 
     async def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
-        step = self.max_write_zero or length or 1
-        for off in range(offset, offset + length, step):
-            n = min(step, offset + length - off)
-            await self.event("pwritev_zero")
-            self._check(off, n, "write-zeroes")
-            await self.image().write_zeroes(off, n, may_unmap=may_unmap)
-            await self.event("pwritev_done")
+        """bdrv_co_do_pwrite_zeroes over blkdebug: pieces smaller than the zero
+        alignment are refused by blkdebug (ENOTSUP) and become plain writes."""
+        if length <= 0:
+            return
+        align = max(self.refresh_limits().request_alignment, self.opt_write_zero or 1)
+        max_chunk = self.max_write_zero or (1 << 31) - align
+        max_chunk -= max_chunk % align or 0
+        await self.event("pwritev_zero")
+        pos, end = offset, offset + length
+        while pos < end:
+            n = end - pos
+            if pos % align:
+                n = min(n, align - pos % align)
+            elif n > align and (end % align):
+                n -= end % align
+            n = min(n, max(max_chunk, align))
+            if n < align:
+                self._check(pos, n, "write")
+                await self.image().write(pos, bytes(n))
+            else:
+                self._check(pos, n, "write-zeroes")
+                await self.image().write_zeroes(pos, n, may_unmap=may_unmap)
+            pos += n
+        await self.event("pwritev_done")
 
     async def discard(self, offset: int, length: int) -> None:
-        self._check(offset, length, "discard")
-        await self.image().discard(offset, length)
+        """Pieces smaller than opt-discard are dropped (blkdebug returns ENOTSUP,
+        which bdrv_co_pdiscard ignores); the aligned middle is passed on."""
+        align = max(self.opt_discard, self.refresh_limits().request_alignment, 1)
+        pos, end = offset, offset + length
+        max_chunk = self.max_discard or length
+        while pos < end:
+            n = end - pos
+            if pos % align:
+                n = min(n, align - pos % align)
+            elif n > align and end % align:
+                n -= end % align
+            n = min(n, max(max_chunk, 1))
+            if n >= align:
+                self._check(pos, n, "discard")
+                await self.image().discard(pos, n)
+            pos += n
 
     async def flush(self) -> None:
         self._check(0, 0, "flush")
