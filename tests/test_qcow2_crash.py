@@ -168,7 +168,7 @@ def _run_child(
 
 @pytest.mark.parametrize(
     "variant",
-    ["plain", "backing", "small-clusters", "lazy-refcounts"],
+    ["plain", "backing", "small-clusters", "lazy-refcounts", "subclusters"],
 )
 def test_sigkill_while_allocating(tmp_path: Path, qemu_img: str, variant: str) -> None:
     img = tmp_path / "crash.qcow2"
@@ -194,12 +194,20 @@ def test_sigkill_while_allocating(tmp_path: Path, qemu_img: str, variant: str) -
             str(img),
             str(SIZE),
         )
+    elif variant == "subclusters":
+        run(qemu_img, "create", "-f", "qcow2", "-o", "extended_l2=on", str(img), str(SIZE))
     elif variant == "lazy-refcounts":
         run(qemu_img, "create", "-f", "qcow2", "-o", "lazy_refcounts=on", str(img), str(SIZE))
     else:
         run(qemu_img, "create", "-f", "qcow2", str(img), str(SIZE))
 
-    seed = {"plain": 11, "backing": 12, "small-clusters": 13, "lazy-refcounts": 14}[variant]
+    seed = {
+        "plain": 11,
+        "backing": 12,
+        "small-clusters": 13,
+        "lazy-refcounts": 14,
+        "subclusters": 15,
+    }[variant]
     rnd = random.Random(seed)
     expect = bytearray(backing)
     skipped: set[int] = set()
