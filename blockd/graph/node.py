@@ -179,6 +179,24 @@ def detach_child(c: BdrvChild) -> None:
         _set_slot(p, c.slot, c.name, None)
 
 
+def detach_child_undoable(c: BdrvChild) -> tuple[int, int]:
+    """:func:`detach_child`, returning the positions :func:`reattach_child` needs
+    to put the edge back exactly where it was."""
+    pi = c.parent.children.index(c) if c.parent is not None and c in c.parent.children else 0
+    ci = c.child.parents.index(c) if c in c.child.parents else 0
+    detach_child(c)
+    return pi, ci
+
+
+def reattach_child(c: BdrvChild, parent_index: int, child_index: int) -> None:
+    """Undo :func:`detach_child_undoable`: both ends and the slot again."""
+    c.child.parents.insert(child_index, c)
+    c.child.refcount += 1
+    if c.parent is not None:
+        c.parent.children.insert(parent_index, c)
+        _set_slot(c.parent, c.slot, c.name, c.child.driver)
+
+
 def replace_child(c: BdrvChild, new_child: BlockNode) -> None:
     """Point an existing edge at another node, keeping its place in the parent's
     list (QEMU's bdrv_replace_child_noperm): both ends and the slot in one step."""

@@ -19,7 +19,15 @@ from blockd.drivers.base import ChildRole, ChildSpec
 from blockd.drivers.file import FileDriver
 from blockd.drivers.locking import ImageLock
 from blockd.graph import permissions
-from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child, has_descendant
+from blockd.graph.node import (
+    BdrvChild,
+    BlockNode,
+    attach_child,
+    detach_child,
+    detach_child_undoable,
+    has_descendant,
+    reattach_child,
+)
 from blockd.graph.opener import child_option_names, child_specs_of, open_flags, parse_generic
 from blockd.graph.options import GENERIC_KEYS, extract_sub, flatten, has_sub, inherit
 from blockd.graph.registry import NodeRegistry
@@ -205,18 +213,19 @@ def _spec_for(node: BlockNode, key: str) -> ChildSpec:
 
 
 async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
-    for e in queue:
-        _check_entry(graph, e)
-    # Edge changes, then permissions over the whole changed graph.
-    undo: list[tuple[str, BdrvChild | None, BdrvChild | None]] = []
+    # Each entry is checked against the graph as the entries before it left it
+    # (QEMU applies their edge changes in its transaction as it goes).
+    undo: list[tuple[BdrvChild | None, tuple[int, int], BdrvChild | None]] = []
     touched: list[BlockNode] = [e.node for e in queue]
     dropped: list[BlockNode] = []
     try:
         for e in queue:
+            _check_entry(graph, e)
             for key, new in e.new_children:
                 cur = e.node.child(key)
+                pos = (0, 0)
                 if cur is not None:
-                    detach_child(cur)
+                    pos = detach_child_undoable(cur)
                     touched.append(cur.child)
                     dropped.append(cur.child)
                 made = None
@@ -225,7 +234,8 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
                     made = attach_child(e.node, new, key, cur.role if cur else spec.role,
                                         slot=spec.slot)
                     touched.append(new)
-                undo.append((key, cur, made))
+                undo.append((cur, pos, made))
+        # Permissions over the whole changed graph, then the drivers.
         ro_after = {id(e.node): e.read_only for e in queue}
         permissions.refresh(touched, ro_after)
         for e in queue:
@@ -234,17 +244,11 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
         for e in reversed(queue):
             if e.prepared:
                 await _abort_driver(e)
-        for _key, cur, made in reversed(undo):
+        for cur, pos, made in reversed(undo):
             if made is not None:
                 detach_child(made)
             if cur is not None:
-                cur.child.parents.insert(0, cur)
-                cur.child.refcount += 1
-                if cur.parent is not None:
-                    cur.parent.children.insert(0, cur)
-                    from blockd.graph.node import _set_slot
-
-                    _set_slot(cur.parent, cur.slot, cur.name, cur.child.driver)
+                reattach_child(cur, *pos)
         try:
             permissions.refresh([n for n in touched if not n.closed])
         except GenericError:
