@@ -495,3 +495,63 @@ async def test_blkdebug_alignment_shapes_requests(tmp_path: Path) -> None:
         assert await drv.read(4096 + 3 * 8192, 4096) == b"\xff" * 4096
     finally:
         await close_image(drv.image())
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize(
+    ("rule", "command", "options"),
+    [
+        ({"event": "none", "iotype": "write"}, "write -z 4096 24576",
+         {"align": 4096, "opt-write-zero": 8192}),
+        ({"event": "none", "iotype": "write"}, "write -z 8192 16384",
+         {"align": 4096, "opt-write-zero": 8192}),
+        ({"event": "none", "iotype": "write-zeroes"}, "write -z 8192 16384",
+         {"align": 4096, "opt-write-zero": 8192}),
+        ({"event": "pwritev_zero", "iotype": "write-zeroes"}, "write -z 8192 16384", {}),
+        ({"event": "none", "iotype": "discard"}, "discard 4096 4096", {"opt-discard": 8192}),
+        ({"event": "none", "iotype": "read"}, "write 100 10", {"align": 4096}),
+        ({"event": "pwritev_rmw_head", "iotype": "write"}, "write 100 10", {"align": 4096}),
+        ({"event": "none", "iotype": "flush"}, "flush", {}),
+        ({"event": "none", "iotype": "read", "sector": 7}, "read 0 4096", {"max-transfer": 4096}),
+    ],
+)
+async def test_blkdebug_outcomes_match_qemu_io(tmp_path: Path, qemu_io: str,
+                                               rule: dict[str, Any], command: str,
+                                               options: dict[str, Any]) -> None:
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(bytes(1 << 20))
+    spec = {"driver": "blkdebug", **options, "inject-error": [rule],
+            "image": {"driver": "file", "filename": str(raw)}}
+    out = subprocess.run([qemu_io, "-c", command, "json:" + json.dumps(spec)],
+                         capture_output=True, text=True).stdout
+    qemu_failed = "failed:" in out
+    drv = await _blkdebug(tmp_path, {**options, "inject-error": [rule]})
+    words = command.split()
+    try:
+        if words[0] == "flush":
+            await drv.flush()
+            await drv.write(0, b"f")
+            failed = False
+            try:
+                await drv.flush()
+            except OSError:
+                failed = True
+            # After a write, QEMU's flush reaches blkdebug (rc 1, no message).
+            assert failed
+            assert subprocess.run([qemu_io, "-c", "write 0 1", "-c", "flush",
+                                   "json:" + json.dumps(spec)],
+                                  capture_output=True).returncode == 1
+        elif words[0] == "discard":
+            await drv.discard(int(words[1]), int(words[2]))
+        elif words[0] == "read":
+            await drv.read(int(words[1]), int(words[2]))
+        elif words[1] == "-z":
+            await drv.write_zeroes(int(words[2]), int(words[3]))
+        else:
+            await drv.write(int(words[1]), b"x" * int(words[2]))
+        failed = False
+    except OSError:
+        failed = True
+    finally:
+        await close_image(drv.image())
+    assert failed == qemu_failed, out

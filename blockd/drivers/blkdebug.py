@@ -262,6 +262,10 @@ class BlkdebugDriver(BlockDriver):
         self.max_discard = 0
         self.take_child_perms: list[str] = []
         self.unshare_child_perms: list[str] = []
+        # QEMU's bs->write_gen / flushed_gen: a flush with nothing written since
+        # the last one never reaches the driver (nor its rules).
+        self.write_gen = 0
+        self.flushed_gen = 0
         # Requests suspended at a breakpoint: (tag, wake-up future), oldest first.
         self.suspended: list[tuple[str, asyncio.Future[None]]] = []
 
@@ -502,10 +506,13 @@ class BlkdebugDriver(BlockDriver):
             offset, mv = await self._pad(offset, mv, align)
         # bdrv_aligned_pwritev: one event pair per request, split at max-transfer.
         await self.event("pwritev")
-        for off, n in self._chunks(offset, len(mv)):
-            self._check(off, n, "write")
-            piece = mv[off - offset : off - offset + n]
-            await self.image().write(off, piece, compressed=compressed, fua=fua)
+        try:
+            for off, n in self._chunks(offset, len(mv)):
+                self._check(off, n, "write")
+                piece = mv[off - offset : off - offset + n]
+                await self.image().write(off, piece, compressed=compressed, fua=fua)
+        finally:
+            self.write_gen += 1
         await self.event("pwritev_done")
 
     async def _pad(self, offset: int, mv: memoryview, align: int) -> tuple[int, memoryview]:
@@ -547,6 +554,7 @@ class BlkdebugDriver(BlockDriver):
         max_chunk = self.max_write_zero or (1 << 31) - align
         max_chunk -= max_chunk % align or 0
         await self.event("pwritev_zero")
+        self.write_gen += 1
         pos, end = offset, offset + length
         while pos < end:
             n = end - pos
@@ -565,11 +573,12 @@ class BlkdebugDriver(BlockDriver):
         await self.event("pwritev_done")
 
     async def discard(self, offset: int, length: int) -> None:
-        """Pieces smaller than opt-discard are dropped (blkdebug returns ENOTSUP,
-        which bdrv_co_pdiscard ignores); the aligned middle is passed on."""
+        """Pieces smaller than opt-discard are checked against the rules, then
+        dropped (ENOTSUP, which bdrv_co_pdiscard ignores); the rest is passed on."""
         align = max(self.opt_discard, self.refresh_limits().request_alignment, 1)
         pos, end = offset, offset + length
         max_chunk = self.max_discard or length
+        self.write_gen += 1
         while pos < end:
             n = end - pos
             if pos % align:
@@ -577,14 +586,21 @@ class BlkdebugDriver(BlockDriver):
             elif n > align and end % align:
                 n -= end % align
             n = min(n, max(max_chunk, 1))
+            # Rules apply to every piece (measured: a short discard still fails).
+            self._check(pos, n, "discard")
             if n >= align:
-                self._check(pos, n, "discard")
                 await self.image().discard(pos, n)
             pos += n
 
     async def flush(self) -> None:
+        if self.flags.cache_no_flush or self.flushed_gen == self.write_gen:
+            # bdrv_co_flush(): nothing to write back at this level.
+            await self.image().flush()
+            return
+        gen = self.write_gen
         self._check(0, 0, "flush")
         await self.image().flush()
+        self.flushed_gen = gen
 
     async def truncate(
         self, length: int, *, preallocation: str = "off", exact: bool = False
