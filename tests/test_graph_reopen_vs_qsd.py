@@ -119,6 +119,60 @@ def _script(d: Path) -> list[Step]:
     ]
 
 
+def _script_options(d: Path) -> list[Step]:
+    """Driver options on reopen: reset rules, raw window, cache, read-only and
+    force-share switches, nodes sharing one file."""
+    hd0 = {"driver": "qcow2", "node-name": "hd0", "lazy-refcounts": True,
+           "file": _file(d, "hd0.img", "hd0-file", aio="threads")}
+    ref = {**hd0, "file": "hd0-file"}
+    del ref["lazy-refcounts"]
+    raw = {"driver": "raw", "node-name": "r", "file": "rf"}
+    rf = {"driver": "file", "node-name": "rf", "filename": str(d / "hd2.img")}
+    return [
+        _add(**hd0),
+        _reopen({"driver": "file", "node-name": "hd0-file"}),
+        _reopen({"driver": "qcow2", "node-name": "hd0"}),
+        _reopen({"driver": "qcow2", "node-name": "hd0", "file": {"driver": "file"}}),
+        _reopen({"driver": "qcow2", "node-name": "hd0",
+                 "file": {"driver": "file", "filename": str(d / "hd0.img")}}),
+        _reopen({**ref, "lazy-refcounts": False}),
+        _reopen({**ref, "auto-read-only": True}),
+        _reopen({**ref, "cache": {"direct": True}}),
+        ("qmp", ("query-named-block-nodes", {"flat": True})),
+        _reopen({**ref, "file": _file(d, "hd0.img", aio="threads"), "cache": {"direct": True}}),
+        ("qmp", ("query-named-block-nodes", {"flat": True})),
+        _reopen(ref),
+        _add(driver="raw", **{"node-name": "r"}, file={**rf}),
+        _reopen({**raw, "size": 512}),
+        _reopen({**raw, "size": 1000}),
+        _reopen({**raw, "offset": 4096, "size": 8192}),
+        _reopen({**raw, "read-only": True}),
+        _reopen({**raw, "read-only": True, "force-share": True}),
+        _reopen({**rf, "read-only": True, "force-share": True}),
+        _reopen({**raw, "read-only": False}),
+        _reopen(rf),
+        _reopen({**raw, "discard": "unmap", "detect-zeroes": "unmap"}),
+        ("qmp", ("query-named-block-nodes", {"flat": True})),
+        _add(driver="file", **{"node-name": "ro", "read-only": True}, filename=str(d / "hd1.img")),
+        _add(driver="raw", **{"node-name": "r2"}, file="ro"),
+        _add(driver="raw", **{"node-name": "r3", "read-only": False, "auto-read-only": True},
+             file="ro"),
+        _add(driver="qcow2", **{"node-name": "q"}, file="ro"),
+        _del("r"),
+        _del("hd0"),
+        _add(driver="qcow2", **{"node-name": "hd0"}, file=_file(d, "hd0.img", "hd0-file")),
+        _add(driver="qcow2", **{"node-name": "hd0b"}, file="hd0-file"),
+        _add(driver="qcow2", **{"node-name": "hd0c", "read-only": True}, file="hd0-file"),
+        _add(driver="raw", **{"node-name": "hd0d"}, file="hd0-file"),
+        _reopen({"driver": "qcow2", "node-name": "hd0", "file": "hd0-file", "read-only": True}),
+        _add(driver="qcow2", **{"node-name": "hd0e", "read-only": True}, file="hd0-file"),
+        _probe("qemu-io", "-f", "qcow2", "-c", "read 0 512", "hd0.img"),
+        _del("hd0e"),
+        _del("hd0"),
+        _probe("qemu-io", "-f", "qcow2", "-c", "read 0 512", "hd0.img"),
+    ]
+
+
 def _images(d: Path, qemu_img: str) -> None:
     for args in (["create", "-q", "-f", "qcow2", "hd0.img", "3M"],
                  ["create", "-q", "-f", "qcow2", "-b", "hd0.img", "-F", "qcow2", "hd1.img"],
@@ -126,11 +180,11 @@ def _images(d: Path, qemu_img: str) -> None:
         subprocess.run([qemu_img, *args], check=True, cwd=d)
 
 
-def _run(d: Path, qsd: bool) -> list[str]:
+def _run(d: Path, qsd: bool, script: Any = _script) -> list[str]:
     vm = VM(d, qsd=qsd)
     out: list[str] = []
     try:
-        for kind, what in _script(d):
+        for kind, what in script(d):
             if kind == "qmp":
                 cmd, args = what
                 reply = vm.qmp(cmd, **args)
@@ -146,13 +200,16 @@ def _run(d: Path, qsd: bool) -> list[str]:
     return [o.replace(str(d), "DIR") for o in out]
 
 
-def test_reopen_script_same_as_qsd(tmp_path: Path, qemu_img: str, qsd: str) -> None:
+@pytest.mark.parametrize("script", [_script, _script_options])
+def test_reopen_script_same_as_qsd(
+    tmp_path: Path, qemu_img: str, qsd: str, script: Any
+) -> None:
     q, b = tmp_path / "q", tmp_path / "b"
     q.mkdir()
     b.mkdir()
     _images(q, qemu_img)
     _images(b, qemu_img)
-    want = _run(q, True)
-    got = _run(b, False)
+    want = _run(q, True, script)
+    got = _run(b, False, script)
     for w, g in zip(want, got, strict=True):
         assert g == w
