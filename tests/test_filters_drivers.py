@@ -29,6 +29,7 @@ from blockd.drivers.compress import CompressDriver
 from blockd.drivers.copy_on_read import CopyOnReadDriver
 from blockd.drivers.open import close_image, open_image
 from blockd.drivers.quorum import QuorumDriver
+from blockd.drivers.raw import RawDriver
 from blockd.qmp.errors import GenericError
 
 KiB = 1024
@@ -555,3 +556,82 @@ async def test_blkdebug_outcomes_match_qemu_io(tmp_path: Path, qemu_io: str,
     finally:
         await close_image(drv.image())
     assert failed == qemu_failed, out
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize(
+    ("options", "corrupt", "failing"),
+    [
+        ({"vote-threshold": 2}, [1], []),
+        ({"vote-threshold": 3}, [1], []),
+        ({"vote-threshold": 2}, [], [0]),
+        ({"vote-threshold": 2}, [2], [0]),
+        ({"vote-threshold": 3}, [], [0]),
+        ({"vote-threshold": 1, "read-pattern": "fifo"}, [], [0]),
+        ({"vote-threshold": 1, "read-pattern": "fifo"}, [0], []),
+        ({"vote-threshold": 2, "rewrite-corrupted": True}, [2], []),
+    ],
+)
+async def test_quorum_outcomes_match_qemu_io(tmp_path: Path, qemu_io: str,
+                                             options: dict[str, Any], corrupt: list[int],
+                                             failing: list[int]) -> None:
+    """Three raw children (child 0 optionally under blkdebug failing reads),
+    some corrupted: the read result and the repaired files equal QEMU's."""
+    results = {}
+    for who in ("qemu", "blockd"):
+        d = tmp_path / who
+        d.mkdir()
+        paths = []
+        for i in range(3):
+            p = d / f"q{i}.raw"
+            data = bytearray(b"\x07" * 65536)
+            if i in corrupt:
+                data[100] = 0x09
+            p.write_bytes(bytes(data))
+            paths.append(p)
+        kids_spec: list[dict[str, Any]] = []
+        for i, p in enumerate(paths):
+            spec: dict[str, Any] = {"driver": "file", "filename": str(p)}
+            if i in failing:
+                spec = {"driver": "blkdebug", "image": spec,
+                        "inject-error": [{"event": "none", "iotype": "read"}]}
+            kids_spec.append({"driver": "raw", "file": spec})
+        if who == "qemu":
+            spec = {"driver": "quorum", **options, "children": kids_spec}
+            out = subprocess.run([qemu_io, "-c", "read -P 7 0 512", "json:" + json.dumps(spec)],
+                                 capture_output=True, text=True).stdout
+            got = out.splitlines()[0]
+            if got.startswith("read 512/512"):
+                got = "ok"
+            elif got.startswith("Pattern verification failed"):
+                got = "mismatch"
+        else:
+            opened: list[BlockDriver] = []
+            kids: list[BlockDriver] = []
+            for i, p in enumerate(paths):
+                if i in failing:
+                    f = await open_image(str(p), "file", read_only=False)
+                    opened.append(f)
+                    bd = BlkdebugDriver()
+                    bd.file = f
+                    await bd.open({"inject-error": [{"event": "none", "iotype": "read"}]},
+                                  RW)
+                    kid: BlockDriver = RawDriver()
+                    kid.file = bd
+                    await kid.open({}, RW)
+                else:
+                    kid = await open_image(str(p), "raw", read_only=False)
+                    opened.append(kid)
+                kids.append(kid)
+            q = QuorumDriver()
+            q.extra_children.update({f"children.{i}": k for i, k in enumerate(kids)})
+            await q.open(options, RW)
+            try:
+                got = "ok" if await q.read(0, 512) == b"\x07" * 512 else "mismatch"
+            except OSError as e:
+                got = f"read failed: {e.strerror}"
+            finally:
+                for o in opened:
+                    await close_image(o)
+        results[who] = (got, [p.read_bytes()[100] for p in paths])
+    assert results["blockd"] == results["qemu"]
