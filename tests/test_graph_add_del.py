@@ -49,7 +49,12 @@ def _cases(d: Path) -> list[Any]:
             file=f(b)),
         add(driver="raw", **{"node-name": "h0"}, file=f(r, **{"node-name": "h0f"})),
         add(driver="raw", **{"node-name": "h2"}, file="h0f"),
+        add(driver="qcow2", **{"node-name": "s", "backing": "s"}, file=f(a, **{"node-name": "sf"})),
         rm("h0"), rm("r3"), rm("rf"), rm("c2"), rm("b"), rm("b"), rm("n1"),
+        add(driver="qcow2", **{"node-name": "s", "backing": "s"}, file=f(a, **{"node-name": "sf"})),
+        add(driver="qcow2", **{"node-name": "s", "backing": "sf"},
+            file=f(a, **{"node-name": "sf"})),
+        rm("s"),
     ]
 
 

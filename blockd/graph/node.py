@@ -154,8 +154,16 @@ def attach_child(
     """Create an edge parent -> child; both ends and the driver slot in one step.
 
     Permissions are not checked here: callers run :mod:`blockd.graph.permissions`
-    over the changed graph and undo the edge if it is refused.
+    over the changed graph and undo the edge if it is refused.  An edge that
+    would close a cycle is refused with QEMU's text (bdrv_attach_child_noperm).
     """
+    if parent is not None and has_descendant(child, parent):
+        from blockd.qmp.errors import GenericError
+
+        raise GenericError(
+            f"Making '{child.node_name}' a {name} child of '{parent.node_name}' "
+            "would create a cycle"
+        )
     c = BdrvChild(name, role, parent, child, perm, shared, slot=slot, user_desc=user_desc)
     child.parents.insert(0, c)
     child.refcount += 1
