@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from blockd.drivers.base import (
     BlockDriver,
     BlockStatusFlag,
+    ChildRole,
     OpenFlags,
     is_allocated_above,
     register_driver,
@@ -29,6 +30,9 @@ from blockd.qmp.errors import GenericError
 
 # QEMU's MAX_BOUNCE_BUFFER for copy-on-read.
 MAX_BOUNCE_BUFFER = 32768 * 512
+# consistent-read | write | resize, and write-unchanged (BLK_PERM_* bits).
+_PERM_PASSTHROUGH = 0x1 | 0x2 | 0x8
+_PERM_WRITE_UNCHANGED = 0x4
 
 
 @register_driver
@@ -56,6 +60,20 @@ class CopyOnReadDriver(FilterPassthrough):
             if not isinstance(found, BlockDriver):
                 raise GenericError(f"Bottom node '{bottom}' not opened")
         self.bottom = found
+
+    def child_perm(
+        self,
+        child_name: str,
+        role: ChildRole,
+        read_only: bool,
+        perm: int = 0,
+        shared: int = 0xF,
+    ) -> tuple[int, int]:
+        """cor_child_perm(): pass read/write/resize through, always take
+        write-unchanged (copying up does not change guest data), share it."""
+        nperm = (perm & _PERM_PASSTHROUGH) | _PERM_WRITE_UNCHANGED
+        nshared = (shared & _PERM_PASSTHROUGH) | _PERM_WRITE_UNCHANGED
+        return nperm, nshared
 
     def _cluster_size(self, top: BlockDriver) -> int:
         cs = getattr(top, "cluster_size", 0)

@@ -37,6 +37,7 @@ from blockd.drivers.base import (
 from blockd.qmp.errors import GenericError
 
 SECTOR = 512
+_PERM_CONSISTENT_READ, _PERM_WRITE, _PERM_WRITE_UNCHANGED = 0x1, 0x2, 0x4
 EventSink = Callable[[str, dict[str, Any]], Any]
 
 
@@ -98,6 +99,22 @@ class QuorumDriver(BlockDriver):
         self.rewrite_corrupted = False
         self.node_name = ""
         self.emit_event: EventSink | None = None
+
+    def child_perm(
+        self,
+        child_name: str,
+        role: ChildRole,
+        read_only: bool,
+        perm: int = 0,
+        shared: int = 0xF,
+    ) -> tuple[int, int]:
+        """quorum_child_perm(): pass the parents' needs on (plus write when
+        rewriting corrupted data); never share write or resize, which would let
+        the children drift apart."""
+        nperm = perm & 0xF
+        if self.rewrite_corrupted:
+            nperm |= _PERM_WRITE
+        return nperm, shared & (_PERM_CONSISTENT_READ | _PERM_WRITE_UNCHANGED)
 
     # --- children -----------------------------------------------------------------
 
