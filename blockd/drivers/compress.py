@@ -55,6 +55,18 @@ class FilterPassthrough(BlockDriver):
         # The graph closes the child when its last reference goes.
         return None
 
+    # Reopen: the filters' reopen_prepare callbacks accept everything (the
+    # generic code refuses changed options), so reopening only records the new
+    # options and flags; nothing is re-validated against a scratch instance.
+    async def reopen_prepare(self, options: dict[str, Any], flags: OpenFlags) -> None:
+        self._reopen_new = (dict(options), flags)
+
+    async def reopen_commit(self) -> None:
+        self._open_options, self.flags = self._reopen_new
+
+    async def reopen_abort(self) -> None:
+        return None
+
     def get_length(self) -> int:
         return self.child().get_length()
 
@@ -99,7 +111,8 @@ class CompressDriver(FilterPassthrough):
     """Turns every write into a compressed write on the child."""
 
     name: ClassVar[str] = "compress"
-    # No driver options, so nothing to change on reopen.
+    # filter-compress.c has no bdrv_reopen_prepare: QEMU refuses to reopen it.
+    supports_reopen: ClassVar[bool] = False
     mutable_opts: ClassVar[frozenset[str] | None] = frozenset()
 
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
