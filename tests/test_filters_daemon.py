@@ -157,8 +157,10 @@ def test_quorum_blkdebug_blkverify_compress(tmp_path: Path, qemu_img: str, qsd: 
     def script(f: Files) -> list[Cmd]:
         quorum = {"driver": "quorum", "node-name": "quorum0",
                   "children": ["hd0", "hd1", "hd2"], "vote-threshold": 2}
+        # The image is a reference: with an inline image QSD lists the nodes in
+        # another order (QEMU names blkdebug before opening "image").
         bd = {"driver": "blkdebug", "node-name": "bd", "config": "/dev/null",
-              "image": _hd(f, 0)}
+              "image": "hd0"}
         return [
             *[_add(**{**_hd(f, i), "backing": None}) for i in range(3)],
             _add(**{**quorum, "vote-threshold": 0}),
@@ -172,10 +174,12 @@ def test_quorum_blkdebug_blkverify_compress(tmp_path: Path, qemu_img: str, qsd: 
             _x("blockdev-del", **{"node-name": "quorum0"}),
             _x("blockdev-del", **{"node-name": "qf"}),
             *[_x("blockdev-del", **{"node-name": f"hd{i}"}) for i in range(3)],
+            _add(**{**_hd(f, 0), "backing": None}),
             _add(**{**bd, "config": "/non/existent"}),
             _add(**{**bd, "align": 3}),
             _add(**{**bd, "inject-error": [{"event": "nope"}]}),
             _add(**bd),
+            _x("query-named-block-nodes", flat=True),
             _x("blockdev-reopen", options=[bd]),
             _x("blockdev-reopen", options=[{**bd, "align": 33554432}]),
             _x("blockdev-reopen", options=[{**bd, "config": "/non/existent"}]),
