@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,19 @@ Cmd = dict[str, Any]
 Files = Callable[[str], dict[str, Any]]
 
 
+def _connect(proc: DaemonProcess) -> RawClient:
+    """A client; tolerates the window between the socket file appearing and the
+    daemon listening on it."""
+    for _ in range(100):
+        try:
+            return RawClient(proc.socket, negotiate=True, timeout=30)
+        except ConnectionRefusedError:
+            time.sleep(0.02)
+    return RawClient(proc.socket, negotiate=True, timeout=30)
+
+
 def _replies(proc: DaemonProcess, cmds: list[Cmd]) -> list[str]:
-    client = RawClient(proc.socket, negotiate=True, timeout=30)
+    client = _connect(proc)
     try:
         out = []
         for cmd in cmds:
@@ -217,7 +229,7 @@ def _run_hmp_script(d: Path, start: Callable[..., DaemonProcess],
     out_path = d / "stdout.txt"
     with open(out_path, "wb") as out:
         proc = start(d, stdout=out)
-        client = RawClient(proc.socket, negotiate=True, timeout=30)
+        client = _connect(proc)
         replies = []
         try:
             for kind, arg in steps:
