@@ -25,6 +25,7 @@ from blockd.drivers.blkdebug import (
     parse_filename,
 )
 from blockd.drivers.blkverify import BlkverifyDriver, BlkverifyMismatch
+from blockd.drivers.blkverify import parse_filename as blkverify_filename
 from blockd.drivers.compress import CompressDriver
 from blockd.drivers.copy_on_read import CopyOnReadDriver
 from blockd.drivers.open import close_image, open_image
@@ -317,6 +318,15 @@ async def test_blkdebug_texts_match_qemu_io(tmp_path: Path, qemu_io: str) -> Non
 
 
 # --- blkverify ----------------------------------------------------------------------
+
+
+def test_blkverify_filename() -> None:
+    assert blkverify_filename("blkverify:/r.raw:/t.qcow2") == {"x-raw": "/r.raw",
+                                                               "x-image": "/t.qcow2"}
+    assert blkverify_filename("/t.qcow2") == {"x-image": "/t.qcow2"}
+    with pytest.raises(GenericError) as ei:
+        blkverify_filename("blkverify:nocolon")
+    assert ei.value.desc == "blkverify requires raw copy and original image path"
 
 
 async def test_blkverify_compares_reads(tmp_path: Path, capfd: pytest.CaptureFixture[str]

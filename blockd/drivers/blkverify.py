@@ -40,6 +40,18 @@ class BlkverifyMismatch(OSError):
         self.message = message
 
 
+def parse_filename(filename: str) -> dict[str, Any]:
+    """``blkverify:raw:test`` -> legacy options (blkverify_parse_filename)."""
+    if not filename.startswith("blkverify:"):
+        # No prefix: everything else must already be in the options.
+        return {"x-image": filename}
+    rest = filename[len("blkverify:"):]
+    if ":" not in rest:
+        raise GenericError("blkverify requires raw copy and original image path")
+    raw, image = rest.split(":", 1)
+    return {"x-raw": raw, "x-image": image}
+
+
 def _ret(result: BaseException | Any) -> int:
     """A request's return value as QEMU's blkverify compares them (0 or -errno)."""
     if isinstance(result, OSError):
