@@ -92,10 +92,13 @@ class CopyOnReadDriver(FilterPassthrough):
         out = bytearray()
         pos, end = offset, offset + length
         while pos < end:
-            base = self.bottom.backing
-            allocated, n = await is_allocated_above(
-                top.backing, base, pos, end - pos
-            ) if top.backing is not None else (False, end - pos)
+            if top.backing is None:
+                allocated, n = False, end - pos
+            else:
+                # Allocated anywhere from top's backing down to bottom (inclusive).
+                allocated, n = await is_allocated_above(
+                    top.backing, self.bottom.backing, pos, end - pos
+                )
             n = max(1, min(n, end - pos))
             if allocated:
                 out += await self._cor_read(top, pos, n)
