@@ -645,3 +645,36 @@ async def test_quorum_outcomes_match_qemu_io(tmp_path: Path, qemu_io: str,
                     await close_image(o)
         results[who] = (got, [p.read_bytes()[100] for p in paths])
     assert results["blockd"] == results["qemu"]
+
+
+@pytest.mark.qemu
+async def test_copy_on_read_bottom_matches_qemu_io(tmp_path: Path, qemu_img: str,
+                                                   qemu_io: str) -> None:
+    maps = {}
+    for who in ("qemu", "blockd"):
+        d = tmp_path / who
+        d.mkdir()
+        base, mid, top = str(d / "b.qcow2"), str(d / "m.qcow2"), str(d / "t.qcow2")
+        _qcow2(qemu_img, d / "b.qcow2")
+        _run(qemu_io, "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c",
+             "write -P 0x12 128k 64k", base)
+        _run(qemu_img, "create", "-f", "qcow2", "-b", base, "-F", "qcow2", mid)
+        _run(qemu_io, "-f", "qcow2", "-c", "write -P 0x22 64k 64k", mid)
+        _run(qemu_img, "create", "-f", "qcow2", "-b", mid, "-F", "qcow2", top)
+        if who == "qemu":
+            _run(qemu_io, "--image-opts", "-c", "read 0 200k", "-c", "read 300k 4k",
+                 f"driver=copy-on-read,bottom=mid,file.driver=qcow2,file.file.filename={top},"
+                 "file.backing.node-name=mid")
+        else:
+            t = await open_image(top, "qcow2", read_only=False)
+            assert t.backing is not None
+            mid_drv = t.backing
+            cor = CopyOnReadDriver()
+            cor.file = t
+            await cor.open({"bottom": "mid"}, OpenFlags(read_only=False, extra={
+                "lookup-node": {"mid": mid_drv}.get}))
+            await cor.read(0, 200 * KiB)
+            await cor.read(300 * KiB, 4 * KiB)
+            await close_image(t)
+        maps[who] = _run(qemu_img, "map", "--output=json", top).replace(str(d), "D")
+    assert maps["blockd"] == maps["qemu"]
