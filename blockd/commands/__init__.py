@@ -2,3 +2,4 @@
 
 from blockd.commands import block, control, hmp, qom  # noqa: F401
 from blockd.commands import block_query  # noqa: F401
+from blockd.commands import jobs  # noqa: F401

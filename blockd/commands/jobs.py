@@ -1,0 +1,98 @@
+"""Job commands: job-* (job-qmp.c), block-job-* and the job queries (blockdev.c).
+
+job-* look jobs up with ``Job not found`` (GenericError); block-job-* with
+``Block job 'x' not found`` (DeviceNotActive), as QEMU 7.2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blockd.jobs.manager import get_manager
+from blockd.qmp.dispatch import CommandContext, qmp_command
+from blockd.qmp.errors import GenericError
+
+# -- job-* -------------------------------------------------------------------------
+
+
+@qmp_command("query-jobs")
+async def query_jobs(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return get_manager(ctx.daemon).query_jobs()
+
+
+@qmp_command("job-pause")
+async def job_pause(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_job(args["id"]).user_pause()
+
+
+@qmp_command("job-resume")
+async def job_resume(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_job(args["id"]).user_resume()
+
+
+@qmp_command("job-cancel")
+async def job_cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
+    await get_manager(ctx.daemon).find_job(args["id"]).user_cancel(True)
+
+
+@qmp_command("job-complete")
+async def job_complete(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_job(args["id"]).complete()
+
+
+@qmp_command("job-finalize")
+async def job_finalize(ctx: CommandContext, args: dict[str, Any]) -> None:
+    await get_manager(ctx.daemon).find_job(args["id"]).finalize()
+
+
+@qmp_command("job-dismiss")
+async def job_dismiss(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_job(args["id"]).dismiss()
+
+
+# -- block-job-* -------------------------------------------------------------------
+
+
+@qmp_command("query-block-jobs")
+async def query_block_jobs(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return get_manager(ctx.daemon).query_block_jobs()
+
+
+@qmp_command("block-job-set-speed")
+async def block_job_set_speed(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_block_job(args["device"]).set_speed(int(args["speed"]))
+
+
+@qmp_command("block-job-cancel")
+async def block_job_cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
+    device = str(args["device"])
+    job = get_manager(ctx.daemon).find_block_job(device)
+    force = bool(args.get("force", False))
+    if job.user_paused and not force:
+        raise GenericError(f"The block job for device '{device}' is currently paused")
+    await job.user_cancel(force)
+
+
+@qmp_command("block-job-pause")
+async def block_job_pause(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_block_job(args["device"]).user_pause()
+
+
+@qmp_command("block-job-resume")
+async def block_job_resume(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_block_job(args["device"]).user_resume()
+
+
+@qmp_command("block-job-complete")
+async def block_job_complete(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_block_job(args["device"]).complete()
+
+
+@qmp_command("block-job-finalize")
+async def block_job_finalize(ctx: CommandContext, args: dict[str, Any]) -> None:
+    await get_manager(ctx.daemon).find_block_job(args["id"]).finalize()
+
+
+@qmp_command("block-job-dismiss")
+async def block_job_dismiss(ctx: CommandContext, args: dict[str, Any]) -> None:
+    get_manager(ctx.daemon).find_block_job(args["id"]).dismiss()
