@@ -91,6 +91,9 @@ class BlockNode:
     # file name when the backing was opened implicitly from the header; query
     # code compares it with the backing's name to tell an overridden backing.
     auto_backing_file: str = ""
+    # QEMU's op blockers ("block device is in use by block job: stream"), most
+    # recent first; blockdev-del reports the first as "Node 'x' is busy: ...".
+    blockers: list[str] = field(default_factory=list)
     closed: bool = False
 
     @property

@@ -10,11 +10,11 @@ failed blockdev-add leaves no node, no lock and no open file behind.
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import Any
 
 from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec, OpenFlags, driver_class
+from blockd.drivers.file import FileDriver
 from blockd.drivers.open import probe_format, resolve_backing_path
 from blockd.graph import permissions
 from blockd.graph.naming import AutoNamer, check_node_name
@@ -156,13 +156,6 @@ class GraphOpener:
             self.created.append(node)
             for child, spec, key in pending:
                 self._attach(node, child, spec, key)
-            if node.auto_read_only and not node.read_only and any(
-                c.child.read_only and c.role & (ChildRole.DATA | ChildRole.FILTERED)
-                for c in node.children
-            ):
-                # The storage below could only be opened read-only: so are we.
-                node.read_only = True
-                options["read-only"] = True
             await self._open_driver(node, options)
         except BaseException:
             # Inline children are in self.created; the caller rolls back.
@@ -176,18 +169,18 @@ class GraphOpener:
         drv = node.driver
         dopts = driver_options(options, child_option_names(type(drv)))
         flags = open_flags(node, options)
+        # Drivers that name other nodes in their options (copy-on-read's
+        # "bottom") resolve them through the graph.
+        flags.extra["lookup-node"] = self.graph.lookup
+        if isinstance(drv, FileDriver) and node.auto_read_only:
+            # Dynamic auto-read-only: read-only until a writer attaches (the
+            # permission code switches the descriptor then).
+            flags.read_only = True
         try:
             await drv.open(dopts, flags)
-        except GenericError as e:
-            if not (node.auto_read_only and not node.read_only and drv.is_protocol
-                    and _is_ro_error(e.desc)):
-                node.driver = type(drv)()
-                raise
-            # auto-read-only: degrade to read-only instead of failing.
-            node.read_only = True
-            options["read-only"] = True
-            flags.read_only = True
-            await drv.open(dopts, flags)
+        except GenericError:
+            node.driver = type(drv)()
+            raise
         drv.flags = flags
         drv._open_options = dopts
         # Remember the header's backing file name (bs->backing_file).
@@ -268,11 +261,6 @@ class GraphOpener:
         self._attach(node, child, spec, key)
 
 
-def _is_ro_error(desc: str) -> bool:
-    return desc.endswith((os.strerror(errno.EACCES), os.strerror(errno.EROFS),
-                          os.strerror(errno.EPERM)))
-
-
 async def _probe(path: str) -> str:
     try:
         with open(path, "rb") as f:
@@ -322,7 +310,10 @@ async def blockdev_add(graph: NodeRegistry, args: dict[str, Any]) -> BlockNode:
 
 
 def _busy_reason(node: BlockNode) -> str | None:
-    """The op blocker QEMU puts on backing files (bdrv_set_backing_hd)."""
+    """The first op blocker: a job's, or the one QEMU puts on backing files
+    (bdrv_set_backing_hd)."""
+    if node.blockers:
+        return node.blockers[0]
     for c in node.parents:
         if c.name == "backing" and c.parent is not None:
             return f"node is used as backing hd of '{c.parent.node_name}'"

@@ -11,6 +11,7 @@ reported with QEMU's texts and the file driver's OFD locks follow
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from blockd.drivers.locking import (
@@ -122,16 +123,29 @@ def restore(saved: list[tuple[BdrvChild, int, int]]) -> None:
         c.perm, c.shared_perm = p, s
 
 
-def apply(order: list[BlockNode]) -> None:
+def apply(order: list[BlockNode], skip_fd: frozenset[int] = frozenset()) -> None:
     """Push cumulative permissions to the drivers that lock (file: OFD locks).
 
-    On a lock failure the nodes already switched are switched back and the
-    error propagates.
+    ``auto-read-only`` files get a read-write descriptor while they have a
+    writer and a read-only one otherwise (nodes in ``skip_fd``, being reopened,
+    are left to the reopen).  On a failure everything already switched is
+    switched back and the error propagates.
     """
+    from blockd.drivers.file import FileDriver
+    from blockd.graph import filefd
+
     done: list[tuple[BlockNode, int, int]] = []
+    new_fds: list[tuple[FileDriver, int, bool, bool]] = []
     try:
         for node in order:
             perm, shared = cumulative(node)
+            drv = node.driver
+            if (isinstance(drv, FileDriver) and drv.fd >= 0 and node.auto_read_only
+                    and not node.read_only and id(node) not in skip_fd):
+                rw, direct = filefd.fd_mode(drv)
+                if filefd.wants_write(perm) != rw:
+                    fd = filefd.open_fd(drv, not rw, direct)
+                    new_fds.append((drv, fd, not rw, direct))
             set_perms = getattr(node.driver, "set_perms", None)
             if (perm, shared) == (node.perm, node.shared_perm) and set_perms is None:
                 continue
@@ -140,6 +154,8 @@ def apply(order: list[BlockNode]) -> None:
             done.append((node, node.perm, node.shared_perm))
             node.perm, node.shared_perm = perm, shared
     except GenericError:
+        for _drv, fd, _rw, _direct in new_fds:
+            os.close(fd)
         for node, p, s in reversed(done):
             set_perms = getattr(node.driver, "set_perms", None)
             if set_perms is not None:
@@ -149,17 +165,22 @@ def apply(order: list[BlockNode]) -> None:
                     pass
             node.perm, node.shared_perm = p, s
         raise
+    for drv, fd, rw, direct in new_fds:
+        filefd.install_fd(drv, fd, rw, direct)
 
 
 def refresh(
     nodes: Iterable[BlockNode], read_only_after: dict[int, bool] | None = None
 ) -> None:
-    """Recompute, check and apply; on failure every edge and lock is as before."""
+    """Recompute, check and apply; on failure every edge and lock is as before.
+
+    Nodes in ``read_only_after`` are being reopened: their descriptors are the
+    reopen's business."""
     nodes = list(nodes)
     saved = snapshot(nodes)
     try:
         order = compute(nodes, read_only_after)
-        apply(order)
+        apply(order, frozenset(read_only_after or ()))
     except GenericError:
         restore(saved)
         raise

@@ -17,8 +17,7 @@ from typing import Any
 
 from blockd.drivers.base import ChildRole, ChildSpec
 from blockd.drivers.file import FileDriver
-from blockd.drivers.locking import ImageLock
-from blockd.graph import permissions
+from blockd.graph import filefd, permissions
 from blockd.graph.node import (
     BdrvChild,
     BlockNode,
@@ -29,7 +28,7 @@ from blockd.graph.node import (
     reattach_child,
 )
 from blockd.graph.opener import child_option_names, child_specs_of, open_flags, parse_generic
-from blockd.graph.options import GENERIC_KEYS, extract_sub, flatten, has_sub, inherit
+from blockd.graph.options import GENERIC_KEYS, extract_sub, flatten, inherit
 from blockd.graph.registry import NodeRegistry
 from blockd.qmp.errors import GenericError
 from blockd.qmp.qdict import qdict_keys
@@ -59,6 +58,8 @@ class Entry:
     # Staged edge changes: (child option, new node or None).
     new_children: list[tuple[str, BlockNode | None]] = field(default_factory=list)
     new_fd: int = -1
+    # (read_write, direct) the file's descriptor gets at commit.
+    fd_mode: tuple[bool, bool] = (False, False)
     prepared: bool = False
 
 
@@ -239,7 +240,7 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
         ro_after = {id(e.node): e.read_only for e in queue}
         permissions.refresh(touched, ro_after)
         for e in queue:
-            await _prepare_driver(e)
+            await _prepare_driver(graph, e)
     except BaseException:
         for e in reversed(queue):
             if e.prepared:
@@ -277,23 +278,18 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
             await unref(graph, old)
 
 
-async def _prepare_driver(e: Entry) -> None:
+async def _prepare_driver(graph: NodeRegistry, e: Entry) -> None:
     node, drv = e.node, e.node.driver
     flags = open_flags(node, e.options)
+    flags.extra["lookup-node"] = graph.lookup
     flags.read_only = e.read_only
     flags.discard_unmap = e.discard == "unmap"
     if isinstance(drv, FileDriver):
-        if drv.fd >= 0 and (flags.read_only != drv.flags.read_only
-                            or flags.cache_direct != drv.flags.cache_direct):
-            mode = os.O_CLOEXEC | (os.O_RDONLY if flags.read_only else os.O_RDWR)
-            if flags.cache_direct:
-                mode |= os.O_DIRECT
-            try:
-                e.new_fd = os.open(drv.filename, mode)
-            except OSError as err:
-                raise GenericError(
-                    f"Could not reopen file: {os.strerror(err.errno or 5)}"
-                ) from None
+        # Dynamic auto-read-only: read-write only while someone writes.
+        rw = not e.read_only and (not e.auto_read_only or filefd.wants_write(node.perm))
+        e.fd_mode = (rw, flags.cache_direct)
+        if drv.fd >= 0 and e.fd_mode != filefd.fd_mode(drv):
+            e.new_fd = filefd.open_fd(drv, rw, flags.cache_direct)
         e.prepared = True
         return
     dopts = {k: v for k, v in e.options.items()
@@ -325,14 +321,9 @@ async def _commit_driver(e: Entry) -> None:
     flags.discard_unmap = e.discard == "unmap"
     if isinstance(drv, FileDriver):
         if e.new_fd >= 0:
-            old_fd, old_lock = drv.fd, drv.lock
-            drv.fd = e.new_fd
-            if old_lock is not None:
-                lock = ImageLock(e.new_fd, drv.filename)
-                lock._apply(old_lock.locked_perm, old_lock.locked_unshared)
-                drv.lock = lock
-            os.close(old_fd)
+            filefd.install_fd(drv, e.new_fd, *e.fd_mode)
             e.new_fd = -1
+        flags.read_only = not e.fd_mode[0]
         flags.locking = drv.flags.locking
         drv.flags = flags
         return
@@ -341,7 +332,3 @@ async def _commit_driver(e: Entry) -> None:
     except Exception:  # commit must not fail half-way through the queue
         pass
     drv.flags = flags
-
-
-def has_inline(options: dict[str, Any], key: str) -> bool:
-    return has_sub(options, key)
