@@ -1,0 +1,179 @@
+"""The graph engine driven in-process through the daemon's command path:
+edges from both ends, inherits_from, set_backing (the inherits-from commit),
+frozen links, non-node users and op blockers, generated names, shutdown."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blockd.daemon import Daemon
+from blockd.drivers.locking import (
+    BLK_PERM_CONSISTENT_READ,
+    BLK_PERM_WRITE,
+    BLK_PERM_WRITE_UNCHANGED,
+    _conflicts,
+)
+from blockd.graph.backing import freeze_backing_chain, set_backing, unfreeze_backing_chain
+from blockd.graph.consistency import check_graph, graph_snapshot
+from blockd.graph.users import attach_user, detach_user
+from blockd.qmp.errors import GenericError
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture
+def chain(tmp_path: Path, qemu_img: str) -> Path:
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "hd2.img", "1M"], check=True,
+                   cwd=tmp_path)
+    for lower, upper in (("hd2.img", "hd1.img"), ("hd1.img", "hd0.img")):
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-b", lower, "-F", "qcow2",
+                        upper], check=True, cwd=tmp_path)
+    return tmp_path
+
+
+def hd(d: Path, i: int, **kw: Any) -> dict[str, Any]:
+    return {"driver": "qcow2", "node-name": f"hd{i}",
+            "file": {"driver": "file", "node-name": f"hd{i}-file",
+                     "filename": str(d / f"hd{i}.img")}, **kw}
+
+
+async def run(daemon: Daemon, cmd: str, args: dict[str, Any]) -> Any:
+    visited = daemon.schema.visit_command_args(cmd, args)
+    before = graph_snapshot(daemon.graph)
+    try:
+        return await daemon.execute(cmd, visited)
+    except GenericError:
+        assert graph_snapshot(daemon.graph) == before
+        raise
+    finally:
+        assert check_graph(daemon.graph) == []
+
+
+async def test_inline_chain_edges_and_inheritance(chain: Path) -> None:
+    d = Daemon()
+    opts = hd(chain, 0, backing=hd(chain, 1, backing=hd(chain, 2)))
+    await run(d, "blockdev-add", opts)
+    g = d.graph
+    hd0, hd1, hd2 = (g.lookup(f"hd{i}") for i in range(3))
+    assert hd0 and hd1 and hd2
+    # QEMU's list order: the most recently attached child first.
+    assert [c.name for c in hd0.children] == ["backing", "file"]
+    assert hd0.driver.backing is hd1.driver and hd0.driver.file is g.lookup("hd0-file").driver
+    assert hd1.inherits_from is hd0 and hd2.inherits_from is hd1
+    assert hd0.monitor_owned and not hd1.monitor_owned
+    # Backing files are read-only by default.
+    assert not hd0.read_only and hd1.read_only and hd2.read_only
+    # Names are given parent first (before its backing is opened); the query
+    # order is the most recently named first.
+    assert [n.node_name for n in g.named_nodes()] == [
+        "hd2", "hd2-file", "hd1", "hd1-file", "hd0", "hd0-file"]
+    await d.stop()
+
+
+async def test_set_backing_repoints_inherits_from(chain: Path) -> None:
+    d = Daemon()
+    await run(d, "blockdev-add", hd(chain, 0, backing=hd(chain, 1, backing=hd(chain, 2))))
+    g = d.graph
+    hd0, hd2 = g.lookup("hd0"), g.lookup("hd2")
+    assert hd0 and hd2
+    # What block-stream does at the end: drop hd1 from the chain.
+    await set_backing(g, hd0, hd2)
+    assert check_graph(g) == []
+    assert g.lookup("hd1") is None and g.lookup("hd1-file") is None
+    assert hd2.inherits_from is hd0
+    # hd2 still inherits, so its options can be changed through hd0.
+    await run(d, "x-blockdev-reopen",
+              hd(chain, 0, backing={**hd(chain, 2), "l2-cache-size": 2 << 20}))
+    await d.stop()
+
+
+async def test_referenced_backing_is_not_reopened(chain: Path) -> None:
+    d = Daemon()
+    await run(d, "blockdev-add", hd(chain, 1, backing=None))
+    await run(d, "blockdev-add", hd(chain, 0, backing="hd1"))
+    hd1 = d.graph.lookup("hd1")
+    assert hd1 is not None and hd1.inherits_from is None
+    with pytest.raises(GenericError, match=r"^Cannot change the option 'backing\."):
+        await run(d, "x-blockdev-reopen",
+                  hd(chain, 0, backing={**hd(chain, 1), "l2-cache-size": 2 << 20}))
+    await d.stop()
+
+
+async def test_frozen_links(chain: Path) -> None:
+    d = Daemon()
+    await run(d, "blockdev-add", hd(chain, 0, backing=hd(chain, 1, backing=hd(chain, 2))))
+    g = d.graph
+    hd0, hd1 = g.lookup("hd0"), g.lookup("hd1")
+    assert hd0 and hd1
+    freeze_backing_chain(hd0, None)
+    with pytest.raises(GenericError) as e:
+        await run(d, "blockdev-reopen", {"options": [hd(chain, 0, backing=None)]})
+    assert e.value.desc == "Cannot change frozen 'backing' link from 'hd0' to 'hd1'"
+    with pytest.raises(GenericError) as e:
+        await set_backing(g, hd1, None)
+    assert e.value.desc == "Cannot change frozen 'backing' link from 'hd1' to 'hd2'"
+    with pytest.raises(GenericError) as e:
+        freeze_backing_chain(hd1, None)
+    assert e.value.desc == "Cannot change 'backing' link from 'hd1' to 'hd2'"
+    unfreeze_backing_chain(hd0, None)
+    await run(d, "blockdev-reopen",
+              {"options": [hd(chain, 0, backing=hd(chain, 1, backing=None))]})
+    assert g.lookup("hd2") is None
+    await d.stop()
+
+
+async def test_users_and_blockers(chain: Path) -> None:
+    d = Daemon()
+    await run(d, "blockdev-add", hd(chain, 1, backing=None))
+    g = d.graph
+    hd1 = g.lookup("hd1")
+    assert hd1 is not None
+    job = attach_user(hd1, "root", BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                      BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED,
+                      "stream job 'job0'")
+    with pytest.raises(GenericError) as e:
+        await run(d, "blockdev-reopen", {"options": [hd(chain, 1, backing=None,
+                                                        **{"read-only": True})]})
+    assert e.value.desc == "Read-only block node 'hd1' cannot support read-write users"
+    with pytest.raises(GenericError) as e:
+        await run(d, "blockdev-add", {"driver": "qcow2", "node-name": "q", "file": "hd1"})
+    assert e.value.desc == "Permission conflict on node 'hd1': permissions 'write' are both " \
+        "required by stream job 'job0' (uses node 'hd1' as 'root' child) and unshared by " \
+        "node 'q' (uses node 'hd1' as 'file' child)."
+    with pytest.raises(GenericError, match=r"^Node hd1 is in use$"):
+        await run(d, "blockdev-del", {"node-name": "hd1"})
+    detach_user(job)
+    hd1.blockers.insert(0, "block device is in use by block job: commit")
+    with pytest.raises(GenericError) as e:
+        await run(d, "blockdev-del", {"node-name": "hd1"})
+    assert e.value.desc == "Node 'hd1' is busy: block device is in use by block job: commit"
+    hd1.blockers.clear()
+    await run(d, "blockdev-del", {"node-name": "hd1"})
+    assert len(g) == 0
+    await d.stop()
+
+
+async def test_generated_names_and_shutdown(chain: Path) -> None:
+    d = Daemon()
+    await run(d, "blockdev-add", {"driver": "qcow2", "node-name": "top",
+                                  "file": {"driver": "file",
+                                           "filename": str(chain / "hd0.img")}})
+    names = [n.node_name for n in d.graph.all_nodes()]
+    auto = [n for n in names if n.startswith("#")]
+    # file child, implicit hd1 and its file, implicit hd2 and its file.
+    assert len(auto) == 5
+    assert all(re.fullmatch(r"#block\d+\d\d", n) for n in auto)
+    await d.stop()
+    assert len(d.graph) == 0
+    for i in range(3):
+        fd = os.open(chain / f"hd{i}.img", os.O_RDONLY)
+        try:
+            assert not any(_conflicts(fd, b) for b in (100, 101, 102, 103, 200, 201, 202, 203))
+        finally:
+            os.close(fd)
