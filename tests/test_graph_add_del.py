@@ -95,3 +95,37 @@ def test_add_del_same_replies_as_qsd(tmp_path: Path, qemu_img: str, qsd: str) ->
     # Everything closed: the images are consistent and unlocked.
     for img in ("a.qcow2", "b.qcow2"):
         subprocess.run([qemu_img, "check", "-q", str(b / img)], check=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("how", ["SIGTERM", "quit"])
+def test_shutdown_flushes_and_unlocks(tmp_path: Path, qemu_img: str, qemu_io: str,
+                                      how: str) -> None:
+    """Writes through HMP qemu-io on a live node reach the image; after the
+    daemon exits the image is consistent and unlocked."""
+    import signal
+
+    from tests.graph_helpers import VM
+
+    _images(tmp_path, qemu_img)
+    vm = VM(tmp_path)
+    b = str(tmp_path / "b.qcow2")
+    r = vm.qmp("blockdev-add", driver="qcow2", **{"node-name": "b"},
+               file={"driver": "file", "filename": b})
+    assert r == {"return": {}}
+    r = vm.hmp_qemu_io("b", "write -P 0x5a 64k 128k")
+    assert r == {"return": ""}
+    locked = subprocess.run([qemu_io, "-f", "qcow2", "-c", "read 0 512", b],
+                            capture_output=True, text=True)
+    assert 'Failed to get "write" lock' in locked.stderr
+    if how == "quit":
+        assert vm.qmp("quit") == {"return": {}}
+        vm.proc.proc.wait(20)
+    else:
+        vm.proc.stop(signal.SIGTERM)
+    vm.shutdown()
+    assert "wrote 131072/131072 bytes at offset 65536" in vm.get_log()
+    subprocess.run([qemu_img, "check", "-q", b], check=True)
+    out = subprocess.run([qemu_io, "-f", "qcow2", "-c", "read -P 0x5a 64k 128k", b],
+                         capture_output=True, text=True, check=True).stdout
+    assert "Pattern verification failed" not in out
