@@ -133,12 +133,12 @@ async def test_manual_finalize_dismiss() -> None:
     assert seen[-1][1] == {"type": "stream", "id": "j0"}
     with pytest.raises(GenericError, match="Job 'j0' in state 'pending' cannot accept "
                        "command verb 'dismiss'"):
-        job.dismiss()
+        await job.dismiss()
     await job.finalize()
     assert names(seen)[-2:] == ["BLOCK_JOB_COMPLETED", "concluded"]
     assert mgr.query_jobs() == [{"id": "j0", "type": "stream", "status": "concluded",
                                  "current-progress": 5, "total-progress": 5}]
-    job.dismiss()
+    await job.dismiss()
     assert names(seen)[-1] == "null"
     assert mgr.jobs == []
 

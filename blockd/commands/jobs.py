@@ -47,7 +47,7 @@ async def job_finalize(ctx: CommandContext, args: dict[str, Any]) -> None:
 
 @qmp_command("job-dismiss")
 async def job_dismiss(ctx: CommandContext, args: dict[str, Any]) -> None:
-    get_manager(ctx.daemon).find_job(args["id"]).dismiss()
+    await get_manager(ctx.daemon).find_job(args["id"]).dismiss()
 
 
 # -- block-job-* -------------------------------------------------------------------
@@ -95,4 +95,4 @@ async def block_job_finalize(ctx: CommandContext, args: dict[str, Any]) -> None:
 
 @qmp_command("block-job-dismiss")
 async def block_job_dismiss(ctx: CommandContext, args: dict[str, Any]) -> None:
-    get_manager(ctx.daemon).find_block_job(args["id"]).dismiss()
+    await get_manager(ctx.daemon).find_block_job(args["id"]).dismiss()

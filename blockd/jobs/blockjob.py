@@ -46,6 +46,8 @@ class BlockJob(Job):
         # Edges from the job to the nodes it uses (block_job_add_bdrv).
         self.graph_children: list[BdrvChild] = []
         self.blocker = f"block device is in use by block job: {self.job_type}"
+        # The daemon's NodeRegistry (for closing nodes the job releases).
+        self.graph: Any = None
 
     # -- nodes --------------------------------------------------------------------
 
@@ -65,19 +67,34 @@ class BlockJob(Job):
         self.graph_children.insert(0, c)
         return c
 
-    def remove_all_bdrv(self) -> None:
-        """block_job_remove_all_bdrv(): drop every job edge (and its blocker)."""
-        touched = []
+    async def remove_all_bdrv(self) -> None:
+        """block_job_remove_all_bdrv(): drop every job edge (and its blocker);
+        nodes only the job still held (streamed-out intermediates) close."""
         for c in list(self.graph_children):
-            detach_child(c)
-            if not c.child.closed:
-                touched.append(c.child)
-        self.graph_children.clear()
-        if touched:
-            try:
-                permissions.refresh(touched)
-            except GenericError:
-                pass
+            await self.remove_bdrv(c)
+
+    async def remove_bdrv(self, c: BdrvChild) -> None:
+        """Drop one job edge; close the node if nothing else references it."""
+        from blockd.graph.opener import unref
+
+        if c in self.graph_children:
+            self.graph_children.remove(c)
+        node = c.child
+        detach_child(c)
+        if node.closed:
+            return
+        if node.refcount <= 0 and not node.monitor_owned:
+            node.refcount = 1
+            await unref(self.graph_registry(), node)
+            return
+        try:
+            permissions.refresh([node])
+        except GenericError:
+            pass
+
+    def graph_registry(self) -> Any:
+        """The NodeRegistry the job's nodes live in (set by the job type)."""
+        return self.graph
 
     def set_child_perm(self, c: BdrvChild, perm: int, shared: int) -> None:
         """Change what one job edge takes (blk_set_perm on the job's backend)."""
@@ -178,10 +195,10 @@ class BlockJob(Job):
     async def clean(self) -> None:
         await super().clean()
 
-    def _do_dismiss(self) -> None:
+    async def free(self) -> None:
         # block_job_free(): the job's edges go when the job does.
-        self.remove_all_bdrv()
-        super()._do_dismiss()
+        await self.remove_all_bdrv()
+        await super().free()
 
     # -- queries ------------------------------------------------------------------
 
@@ -206,7 +223,7 @@ class BlockJob(Job):
         return out
 
 
-def create_block_job(
+async def create_block_job(
     job: BlockJob,
     main_node: BlockNode,
     perm: int,
@@ -228,7 +245,7 @@ def create_block_job(
         job.limit.set_speed(speed)
         job.speed = speed
     except BaseException:
-        job.early_fail()
+        await job.early_fail()
         raise
 
 

@@ -326,16 +326,20 @@ class Job:
         except Exception:
             log.exception("job %s: completion failed", self.id)
 
-    def early_fail(self) -> None:
+    async def early_fail(self) -> None:
         """job_early_fail(): a job that never started goes straight to null."""
-        self._do_dismiss()
+        await self._do_dismiss()
 
-    def _do_dismiss(self) -> None:
+    async def _do_dismiss(self) -> None:
         self.busy = False
         self.paused = False
         self.deferred_to_main_loop = True
         self.transition("null")
         self.manager.remove(self)
+        await self.free()
+
+    async def free(self) -> None:
+        """Driver .free: release what the job object holds once it is gone."""
 
     def _update_rc(self) -> None:
         if not self.ret and self.is_cancelled():
@@ -390,7 +394,7 @@ class Job:
                 self.on_completed()
         self.transition("concluded")
         if self.auto_dismiss or not self.started:
-            self._do_dismiss()
+            await self._do_dismiss()
 
     # -- QMP verbs ----------------------------------------------------------------
 
@@ -421,7 +425,7 @@ class Job:
     async def cancel(self, force: bool) -> None:
         """job_cancel(): ask the run to stop, or abort now if it is already over."""
         if self.status == "concluded":
-            self._do_dismiss()
+            await self._do_dismiss()
             return
         self._cancel_async(force)
         if not self.started:
@@ -446,9 +450,9 @@ class Job:
         self.apply_verb("finalize")
         await self._do_finalize()
 
-    def dismiss(self) -> None:
+    async def dismiss(self) -> None:
         self.apply_verb("dismiss")
-        self._do_dismiss()
+        await self._do_dismiss()
 
     def transition_to_ready(self) -> None:
         """job_transition_to_ready(): for jobs with a READY state."""

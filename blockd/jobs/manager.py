@@ -112,7 +112,7 @@ class JobManager:
         for job in list(self.jobs):
             if job.status == "concluded":
                 with contextlib.suppress(Exception):
-                    job.dismiss()
+                    await job.dismiss()
                 continue
             try:
                 await asyncio.wait_for(job.wait_completed(), timeout)
@@ -120,7 +120,7 @@ class JobManager:
                 log.error("job %s did not stop", job.id)
             if job.status == "concluded":
                 with contextlib.suppress(Exception):
-                    job.dismiss()
+                    await job.dismiss()
 
 
 def get_manager(daemon: Any) -> JobManager:
