@@ -173,6 +173,35 @@ def _script_options(d: Path) -> list[Step]:
     ]
 
 
+def _script_order(d: Path) -> list[Step]:
+    """Which error wins when several apply (the driver's options come before
+    children and unchanged options), and queues naming one node twice or a
+    node and its child."""
+    f1 = str(d / "hd1.img")
+    hd1 = {"driver": "qcow2", "node-name": "hd1", "file": "hd1-file"}
+    bad = {"l2-cache-entry-size": 131072}
+    nb = {"backing": None}
+    return [
+        _add(driver="qcow2", **{"node-name": "hd1"}, file=_file(d, "hd1.img", "hd1-file")),
+        _reopen({**hd1, **bad}),
+        _reopen({**hd1, "file": "nope", **bad, **nb}),
+        _reopen({**hd1, "file": _file(d, "hd0.img"), **bad, **nb}),
+        _reopen({**hd1, "file": _file(d, "hd0.img"), **nb}),
+        _reopen({**hd1, "file": _file(d, "hd1.img", locking="off"), **nb}),
+        _reopen({**hd1, **nb},
+                {"driver": "file", "node-name": "hd1-file", "filename": f1, "read-only": True}),
+        _reopen({**hd1, **nb, "read-only": True},
+                {"driver": "file", "node-name": "hd1-file", "filename": f1,
+                 "read-only": False}),
+        ("qmp", ("query-named-block-nodes", {"flat": True})),
+        _reopen({**hd1, **nb}, {**hd1, **nb, "read-only": True}),
+        ("qmp", ("query-named-block-nodes", {"flat": True})),
+        _probe("qemu-io", "-f", "qcow2", "-c", "read 0 512", "hd1.img"),
+        _reopen({**hd1, **nb, "read-only": True}, {**hd1, **nb}),
+        _probe("qemu-io", "-f", "qcow2", "-c", "read 0 512", "hd1.img"),
+    ]
+
+
 def _images(d: Path, qemu_img: str) -> None:
     for args in (["create", "-q", "-f", "qcow2", "hd0.img", "3M"],
                  ["create", "-q", "-f", "qcow2", "-b", "hd0.img", "-F", "qcow2", "hd1.img"],
@@ -200,7 +229,7 @@ def _run(d: Path, qsd: bool, script: Any = _script) -> list[str]:
     return [o.replace(str(d), "DIR") for o in out]
 
 
-@pytest.mark.parametrize("script", [_script, _script_options])
+@pytest.mark.parametrize("script", [_script, _script_options, _script_order])
 def test_reopen_script_same_as_qsd(
     tmp_path: Path, qemu_img: str, qsd: str, script: Any
 ) -> None:

@@ -125,8 +125,9 @@ async def reopen_multiple(
         await _reopen(graph, queue)
 
 
-def _check_entry(graph: NodeRegistry, e: Entry) -> None:
-    """bdrv_reopen_prepare()'s checks that have no side effects."""
+def _check_generic(e: Entry) -> None:
+    """The first part of bdrv_reopen_prepare(): generic options, reopen
+    support, options that may not return to their defaults."""
     node = e.node
     opts = dict(e.options)
     (e.read_only, e.auto_read_only, e.force_share, e.discard,
@@ -147,6 +148,18 @@ def _check_entry(graph: NodeRegistry, e: Entry) -> None:
             continue
         if reopenable is not None and k not in reopenable:
             raise GenericError(f"Option '{k}' cannot be reset to its default value")
+
+
+def _check_rest(graph: NodeRegistry, e: Entry) -> None:
+    """The part of bdrv_reopen_prepare() after the driver's prepare: the
+    backing/file children and the options that must stay unchanged."""
+    node = e.node
+    opts = dict(e.options)
+    for k in GENERIC_KEYS - {"driver", "node-name", "force-share"}:
+        opts.pop(k, None)
+    drv = node.driver
+    children = child_option_names(type(drv))
+    reopenable = _REOPENABLE.get(drv.name, type(drv).mutable_opts)
     if drv.supports_backing and e.backing_missing and (
         node.backing is not None or node.backing_file
     ):
@@ -221,7 +234,9 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
     dropped: list[BlockNode] = []
     try:
         for e in queue:
-            _check_entry(graph, e)
+            _check_generic(e)
+            await _prepare_driver(graph, e)
+            _check_rest(graph, e)
             for key, new in e.new_children:
                 cur = e.node.child(key)
                 pos = (0, 0)
@@ -239,8 +254,9 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
         # Permissions over the whole changed graph, then the drivers.
         ro_after = {id(e.node): e.read_only for e in queue}
         permissions.refresh(touched, ro_after)
+        # Files switch descriptors once the new permissions are known.
         for e in queue:
-            await _prepare_driver(graph, e)
+            _prepare_file(e)
     except BaseException:
         for e in reversed(queue):
             if e.prepared:
@@ -285,11 +301,7 @@ async def _prepare_driver(graph: NodeRegistry, e: Entry) -> None:
     flags.read_only = e.read_only
     flags.discard_unmap = e.discard == "unmap"
     if isinstance(drv, FileDriver):
-        # Dynamic auto-read-only: read-write only while someone writes.
-        rw = not e.read_only and (not e.auto_read_only or filefd.wants_write(node.perm))
-        e.fd_mode = (rw, flags.cache_direct)
-        if drv.fd >= 0 and e.fd_mode != filefd.fd_mode(drv):
-            e.new_fd = filefd.open_fd(drv, rw, flags.cache_direct)
+        # Its descriptor is prepared after the permissions (_prepare_file).
         e.prepared = True
         return
     dopts = {k: v for k, v in e.options.items()
@@ -299,6 +311,19 @@ async def _prepare_driver(graph: NodeRegistry, e: Entry) -> None:
 
     await drv.reopen_prepare(unflatten(dopts), flags)
     e.prepared = True
+
+
+def _prepare_file(e: Entry) -> None:
+    """raw_reopen_prepare(): a new descriptor when the mode must change
+    (dynamic auto-read-only: read-write only while someone writes)."""
+    node, drv = e.node, e.node.driver
+    if not isinstance(drv, FileDriver):
+        return
+    direct = bool(e.options.get("cache.direct", False))
+    rw = not e.read_only and (not e.auto_read_only or filefd.wants_write(node.perm))
+    e.fd_mode = (rw, direct)
+    if drv.fd >= 0 and e.fd_mode != filefd.fd_mode(drv):
+        e.new_fd = filefd.open_fd(drv, rw, direct)
 
 
 async def _abort_driver(e: Entry) -> None:
