@@ -177,3 +177,35 @@ async def test_generated_names_and_shutdown(chain: Path) -> None:
             assert not any(_conflicts(fd, b) for b in (100, 101, 102, 103, 200, 201, 202, 203))
         finally:
             os.close(fd)
+
+
+async def test_failed_add_leaves_no_trace(chain: Path, qemu_img: str) -> None:
+    """No node, no edge, no lock, no open descriptor after any failed add."""
+    subprocess.run([qemu_img, "create", "-q", "-f", "raw", str(chain / "r.img"), "1M"],
+                   check=True)
+    d = Daemon()
+    await run(d, "blockdev-add", hd(chain, 2, backing=None))
+    fds = set(os.listdir("/proc/self/fd"))
+    before = graph_snapshot(d.graph)
+    failing: list[dict[str, Any]] = [
+        # Not qcow2: the file child is closed again.
+        {"driver": "qcow2", "node-name": "x",
+         "file": {"driver": "file", "filename": str(chain / "r.img")}},
+        # The implicit backing chain ends in hd2.img, locked by node hd2.
+        hd(chain, 0),
+        # A duplicate name found after the children were opened.
+        {"driver": "qcow2", "node-name": "hd2",
+         "file": {"driver": "file", "node-name": "other", "filename": str(chain / "hd1.img")},
+         "backing": None},
+        # Backing reference to a missing node after file and format opened.
+        {"driver": "qcow2", "node-name": "y", "backing": "nope",
+         "file": {"driver": "file", "filename": str(chain / "hd1.img")}},
+        # Permission conflict on a referenced node.
+        {"driver": "qcow2", "node-name": "z", "file": "hd2-file"},
+    ]
+    for opts in failing:
+        with pytest.raises(GenericError):
+            await run(d, "blockdev-add", opts)
+        assert graph_snapshot(d.graph) == before
+        assert set(os.listdir("/proc/self/fd")) == fds
+    await d.stop()
