@@ -81,6 +81,19 @@ def _op() -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
             opts["backing"] = backing
         return "blockdev-reopen", {"options": [opts]}
 
+    def reopen2(i: int, j: int, bi: str | None, bj: str | None, ro: bool,
+                bad: bool) -> tuple[str, Any]:
+        first = reopen(i, bi, ro, None)[1]["options"][0]
+        second = reopen(j, bj, not ro, None)[1]["options"][0]
+        if bad:
+            second["detect-zeroes"] = "unmap"
+        return "blockdev-reopen", {"options": [first, second]}
+
+    def reopen_file(i: int, ro: bool, auto_ro: bool) -> tuple[str, Any]:
+        return "blockdev-reopen", {"options": [{
+            "driver": "file", "node-name": f"hd{i}-file", "filename": f"@{IMAGES[i]}",
+            "read-only": ro, "auto-read-only": auto_ro}]}
+
     def delete(name: str) -> tuple[str, Any]:
         return "blockdev-del", {"node-name": name}
 
@@ -91,6 +104,8 @@ def _op() -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
         st.just(("blockdev-add", {"driver": "null-co", "node-name": "n"})),
         st.builds(reopen, IDX, BACKING, st.booleans(), st.one_of(st.none(), NAMES)),
         st.builds(delete, NAMES),
+        st.builds(reopen2, IDX, IDX, BACKING, BACKING, st.booleans(), st.booleans()),
+        st.builds(reopen_file, IDX, st.booleans(), st.booleans()),
     )
 
 
