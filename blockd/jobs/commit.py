@@ -1,0 +1,546 @@
+"""block-commit into a backing node below an overlay (QEMU's block/commit.c).
+
+The job copies everything allocated from ``top`` down to just above ``base``
+into ``base``, then drops the committed nodes: every parent of ``top`` (through
+the implicit ``commit_top`` filter) now points at ``base`` and the overlay's
+image header names the new backing file.
+
+While it runs, an implicit ``commit_top`` filter sits between the overlay and
+``top`` (``#blockNNN`` unless ``filter-node-name`` names it), the backing links
+from the filter down to ``base`` are frozen, the job holds edges on the nodes it
+uses (their op blocker says ``block device is in use by block job: commit``)
+and ``base`` is reopened read-write if it was read-only (back afterwards).
+
+Crash safety: data goes into ``base`` only in ranges the intermediate layers
+shadow, so the overlay's guest view never changes; ``base`` is flushed before
+the overlay's header is rewritten, so after a crash the overlay names either
+the old chain or a base that already holds everything.
+
+The graph helpers here (filter insertion/removal, read-only reopen, backing
+image lookup) are shared with the active commit in :mod:`blockd.jobs.mirror`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from typing import TYPE_CHECKING, Any
+
+import blockd.drivers.commit_top  # noqa: F401  (registers the filter driver)
+from blockd.drivers.base import (
+    BlockDriver,
+    ChildRole,
+    OpenFlags,
+    driver_class,
+    is_allocated_above,
+)
+from blockd.drivers.locking import BLK_PERM_ALL
+from blockd.graph import permissions
+from blockd.graph.backing import (
+    freeze_backing_chain,
+    inherits_from_recursive,
+    unfreeze_backing_chain,
+)
+from blockd.graph.filename import FilenameCache, header_backing, path_has_protocol
+from blockd.graph.naming import check_node_name
+from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child, replace_child
+from blockd.graph.registry import NodeRegistry
+from blockd.jobs.blockjob import BlockJob, check_op_blocked, create_block_job
+from blockd.jobs.job import JobFailed
+from blockd.qmp.errors import DeviceNotFound, GenericError
+
+if TYPE_CHECKING:
+    from blockd.jobs.manager import JobManager
+
+PERM_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, PERM_RESIZE = 0x1, 0x2, 0x4, 0x8
+
+# COMMIT_BUFFER_SIZE: QEMU copies 512 KiB per iteration.  Without a speed limit
+# blockd copies bigger pieces, several at a time (same result, fewer round trips).
+COMMIT_BUFFER_SIZE = 512 * 1024
+FAST_CHUNK = 8 * 1024 * 1024
+FAST_WORKERS = 4
+
+
+# -- graph helpers -------------------------------------------------------------------
+
+
+def cow_or_filter_child(node: BlockNode) -> BdrvChild | None:
+    """bdrv_filter_or_cow_child(): the backing, or a filter's filtered child."""
+    b = node.child("backing")
+    if b is not None:
+        return b
+    if node.driver.is_filter:
+        for c in node.children:
+            if c.role & ChildRole.FILTERED:
+                return c
+    return None
+
+
+def chain_below(node: BlockNode) -> list[BlockNode]:
+    """``node`` and every node under it along backing/filtered links."""
+    out = [node]
+    c = cow_or_filter_child(node)
+    while c is not None and len(out) < 100000:
+        out.append(c.child)
+        c = cow_or_filter_child(c.child)
+    return out
+
+
+def skip_filters(node: BlockNode) -> BlockNode:
+    """bdrv_skip_filters(): below every filter."""
+    while node.driver.is_filter:
+        c = cow_or_filter_child(node)
+        if c is None:
+            break
+        node = c.child
+    return node
+
+
+def find_overlay(active: BlockNode, node: BlockNode) -> BlockNode | None:
+    """bdrv_find_overlay(): the node in ``active``'s chain whose backing is ``node``."""
+    prev: BlockNode | None = None
+    for n in chain_below(active):
+        if n is node:
+            return prev
+        prev = n
+    return None
+
+
+def find_backing_image(bs: BlockNode, name: str) -> BlockNode | None:
+    """bdrv_find_backing_image(): a backing node by file name, as QEMU compares
+    (the header's name relative to the overlay, or the node's own file name
+    when the backing was overridden)."""
+    cache = FilenameCache()
+    is_protocol = path_has_protocol(name)
+    curr = skip_filters(bs)
+    while True:
+        c = cow_or_filter_child(curr) if not curr.driver.is_filter else None
+        if curr.child("backing") is None:
+            return None
+        assert c is not None
+        below = c.child
+        header = header_backing(curr)[0]
+        if cache.backing_overridden(curr):
+            if name == cache.filename(below):
+                return below
+        elif is_protocol or path_has_protocol(header):
+            if name == header or name == cache.full_backing_filename(curr):
+                return below
+        else:
+            directory = cache.dirname(curr)
+            full = cache.full_backing_filename(curr)
+            if directory is not None and full is not None:
+                wanted = name if os.path.isabs(name) else directory + name
+                if os.path.exists(wanted) and os.path.exists(full) and \
+                        os.path.realpath(wanted) == os.path.realpath(full):
+                    return below
+        curr = skip_filters(below)
+
+
+def get_root_bs(graph: NodeRegistry, device: str) -> BlockNode:
+    """qmp_get_root_bs() as block-commit uses it: DeviceNotFound when nothing has
+    that name, ``Need a root block node`` when the node has a parent other than
+    a BlockBackend-like user (a node, or a job)."""
+    node = graph.lookup(device)
+    if node is None:
+        raise DeviceNotFound(f"Device '{device}' not found")
+    for c in node.parents:
+        if c.parent is not None or " job '" in c.user_desc:
+            raise GenericError("Need a root block node")
+    return node
+
+
+def new_filter_node(
+    graph: NodeRegistry, drv_name: str, node_name: str | None, read_only: bool
+) -> BlockNode:
+    """bdrv_new_open_driver(): an option-less filter node, ``#blockNNN`` and
+    implicit when the user gave no name."""
+    if node_name is not None:
+        check_node_name(node_name, node_name in graph)
+    drv = driver_class(drv_name)()
+    name = node_name if node_name is not None else graph.namer.next()
+    node = BlockNode(name, drv, options={"driver": drv_name, "node-name": name},
+                     read_only=read_only, implicit=node_name is None,
+                     auto_named=node_name is None)
+    drv.flags = OpenFlags(read_only=read_only)
+    graph.add(node)
+    return node
+
+
+def _movable_parents(node: BlockNode, skip: set[int]) -> list[BdrvChild]:
+    """Parent edges bdrv_replace_node() moves: not job edges, not ``skip``."""
+    return [c for c in node.parents
+            if id(c) not in skip and " job '" not in c.user_desc]
+
+
+def append_filter(filter_node: BlockNode, top: BlockNode) -> None:
+    """bdrv_append(): ``top`` becomes the filter's backing and every parent of
+    ``top`` now points at the filter.  Undone completely on error."""
+    moved = _movable_parents(top, set())
+    for c in moved:
+        if c.frozen:
+            raise GenericError(f"Cannot change '{c.name}' link to '{top.node_name}'")
+    edge = attach_child(filter_node, top, "backing", ChildRole.FILTERED | ChildRole.PRIMARY,
+                        slot="backing")
+    for c in moved:
+        replace_child(c, filter_node)
+    try:
+        permissions.refresh([filter_node, top])
+    except GenericError:
+        for c in moved:
+            replace_child(c, top)
+        detach_child(edge)
+        permissions.refresh([top])
+        raise
+
+
+async def drop_filter(graph: NodeRegistry, filter_node: BlockNode) -> None:
+    """bdrv_drop_filter(): the filter's parents go to its filtered child, then the
+    filter leaves the graph."""
+    from blockd.graph.opener import close_node
+
+    c = cow_or_filter_child(filter_node)
+    below = c.child if c is not None else None
+    if below is not None:
+        for p in _movable_parents(filter_node, set()):
+            replace_child(p, below)
+    if c is not None:
+        detach_child(c)
+    await close_node(graph, filter_node)
+    if below is not None and not below.closed:
+        try:
+            permissions.refresh([below])
+        except GenericError:
+            pass
+
+
+async def set_read_only(graph: NodeRegistry, node: BlockNode, read_only: bool) -> None:
+    """bdrv_reopen_set_read_only(): reopen ``node`` (and what inherits from it)
+    with only ``read-only`` changed."""
+    from blockd.graph import reopen
+
+    queue: list[reopen.Entry] = []
+    reopen.queue_child(queue, node, {"read-only": read_only}, None, None, True)
+    await reopen._reopen(graph, queue)
+
+
+async def release_nodes(graph: NodeRegistry, nodes: list[BlockNode]) -> None:
+    """Close nodes nobody references any more (bdrv_unref at refcount 0)."""
+    from blockd.graph.opener import unref
+
+    for n in nodes:
+        if not n.closed and n.refcount <= 0 and not n.monitor_owned:
+            n.refcount = 1
+            await unref(graph, n)
+
+
+def errno_of(e: BaseException) -> int:
+    """The positive errno of an I/O failure."""
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    if isinstance(e, JobFailed):
+        return -e.ret
+    return errno.EIO
+
+
+_ZEROS = bytes(FAST_CHUNK)
+
+
+def is_zero(buf: bytes | bytearray | memoryview) -> bool:
+    """Whether a buffer read back is all zeros (written as a zero write)."""
+    n = len(buf)
+    if n <= len(_ZEROS):
+        return bytes(buf) == _ZEROS[:n]
+    return not any(buf)
+
+
+# -- the job ---------------------------------------------------------------------------
+
+
+class CommitJob(BlockJob):
+    """Intermediate commit: ``top`` (not the active layer) into ``base``."""
+
+    job_type = "commit"
+
+    def __init__(
+        self,
+        manager: JobManager,
+        job_id: str,
+        graph: NodeRegistry,
+        *,
+        bs: BlockNode,
+        top: BlockNode,
+        base: BlockNode,
+        backing_file: str | None,
+        on_error: str,
+        auto_finalize: bool,
+        auto_dismiss: bool,
+    ) -> None:
+        super().__init__(manager, job_id, auto_finalize=auto_finalize,
+                         auto_dismiss=auto_dismiss, on_error=on_error)
+        self.graph = graph
+        self.bs = bs
+        self.top = top
+        self.base = base
+        self.backing_file = backing_file
+        self.commit_top: BlockNode | None = None
+        self.base_read_only = False
+        self.chain_frozen = False
+        self.base_writer: BdrvChild | None = None
+        self._prepared = False
+
+    async def setup(self, speed: int, filter_node_name: str | None) -> None:
+        """commit_start() after the argument checks, in QEMU's order; on failure
+        everything is undone and the job (if created) goes to null."""
+        top, base = self.top, self.base
+        if skip_filters(top) is skip_filters(base):
+            raise GenericError("Invalid files for merge: top and base are the same")
+        await create_block_job(self, self.bs, 0, BLK_PERM_ALL, speed)
+        try:
+            self.base_read_only = base.read_only
+            if self.base_read_only:
+                await set_read_only(self.graph, base, False)
+            self.commit_top = new_filter_node(self.graph, "commit_top", filter_node_name, True)
+            append_filter(self.commit_top, top)
+            # The nodes that disappear from the chain afterwards.
+            shared = PERM_WRITE_UNCHANGED | PERM_WRITE
+            node: BlockNode | None = top
+            while node is not None and node is not base:
+                self.add_bdrv("intermediate node", node, 0, shared)
+                c = cow_or_filter_child(node)
+                node = c.child if c is not None else None
+            freeze_backing_chain(self.commit_top, base)
+            self.chain_frozen = True
+            self.add_bdrv("base", base, 0, BLK_PERM_ALL)
+            self.base_writer = self.add_bdrv(
+                "root", base, PERM_READ | PERM_WRITE | PERM_RESIZE,
+                PERM_READ | PERM_WRITE_UNCHANGED)
+        except BaseException:
+            await self._undo_setup()
+            await self.early_fail()
+            raise
+
+    async def _undo_setup(self) -> None:
+        if self.chain_frozen and self.commit_top is not None:
+            unfreeze_backing_chain(self.commit_top, self.base)
+            self.chain_frozen = False
+        await self.remove_all_bdrv()
+        if self.commit_top is not None and not self.commit_top.closed:
+            await drop_filter(self.graph, self.commit_top)
+        if self.base_read_only and not self.base.read_only:
+            try:
+                await set_read_only(self.graph, self.base, True)
+            except GenericError:
+                pass
+
+    # -- run ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        top, base = self.top.driver, self.base.driver
+        length = top.get_length()
+        self.progress_set_remaining(length)
+        if base.get_length() < length:
+            await base.truncate(length)
+        offset = 0
+        while offset < length and not self.is_cancelled():
+            if self.speed:
+                offset = await self._step_limited(top, base, length, offset)
+            else:
+                offset = await self._run_fast(top, base, length, offset)
+        await base.flush()
+
+    async def _copy(self, top: BlockDriver, base: BlockDriver, offset: int, n: int) -> None:
+        """One piece: read through top, write into base; errors say which side."""
+        try:
+            data = await top.read(offset, n)
+        except (OSError, GenericError) as e:
+            raise _SideError(True, e) from e
+        try:
+            if is_zero(data):
+                await base.write_zeroes(offset, n)
+            else:
+                await base.write(offset, data)
+        except (OSError, GenericError) as e:
+            raise _SideError(False, e) from e
+
+    def _handle_error(self, err: _SideError) -> None:
+        """block_job_error_action(): fail on "report", else retry the piece
+        (after the pause "stop" asked for)."""
+        action = self.error_action(err.is_read, errno_of(err.cause))
+        if action == "report":
+            raise JobFailed(-errno_of(err.cause))
+
+    async def _step_limited(self, top: BlockDriver, base: BlockDriver, length: int,
+                            offset: int) -> int:
+        """One iteration of commit_run(): 512 KiB under the rate limit."""
+        await self.ratelimit_sleep()
+        if self.is_cancelled():
+            return offset
+        allocated, n = await is_allocated_above(
+            top, base, offset, min(COMMIT_BUFFER_SIZE, length - offset))
+        if allocated:
+            try:
+                await self._copy(top, base, offset, n)
+            except _SideError as e:
+                self._handle_error(e)
+                return offset
+        self.progress_update(n)
+        if allocated:
+            self.ratelimit_delay(n)
+        return offset + n
+
+    async def _run_fast(self, top: BlockDriver, base: BlockDriver, length: int,
+                        offset: int) -> int:
+        """Unlimited speed: big pieces, several in flight.  Returns where to go
+        on: the end, or the first failed piece (everything before it is done)."""
+        pending: dict[asyncio.Task[None], tuple[int, int]] = {}
+        failed: tuple[int, _SideError] | None = None
+        while True:
+            while (offset < length and len(pending) < FAST_WORKERS and failed is None
+                   and not self.speed):
+                await self.pause_point()
+                if self.is_cancelled():
+                    break
+                allocated, n = await is_allocated_above(
+                    top, base, offset, min(FAST_CHUNK, length - offset))
+                if allocated:
+                    task = asyncio.ensure_future(self._copy(top, base, offset, n))
+                    pending[task] = (offset, n)
+                else:
+                    self.progress_update(n)
+                offset += n
+            if not pending:
+                break
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                off, n = pending.pop(t)
+                exc = t.exception()
+                if isinstance(exc, _SideError):
+                    if failed is None or off < failed[0]:
+                        failed = (off, exc)
+                elif exc is not None:
+                    raise exc
+                else:
+                    self.progress_update(n)
+            if (failed is not None or self.speed or self.is_cancelled()) and not pending:
+                break
+        if failed is not None:
+            self.progress_current = failed[0]
+            self._handle_error(failed[1])
+            return failed[0]
+        return offset
+
+    # -- finalization ------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """commit_prepare(): unfreeze, drop the base writer, drop the
+        intermediate nodes (bdrv_drop_intermediate)."""
+        self._prepared = True
+        assert self.commit_top is not None
+        unfreeze_backing_chain(self.commit_top, self.base)
+        self.chain_frozen = False
+        if self.base_writer is not None:
+            await self.base.driver.flush()
+            await self.remove_bdrv(self.base_writer)
+            self.base_writer = None
+        await drop_intermediate(self.graph, self.commit_top, self.top, self.base,
+                                self.backing_file)
+
+    async def abort(self) -> None:
+        """commit_abort(): the filter leaves, the chain is as before."""
+        if self.chain_frozen and self.commit_top is not None:
+            unfreeze_backing_chain(self.commit_top, self.base)
+            self.chain_frozen = False
+        self.base_writer = None
+        await self.remove_all_bdrv()
+        if self.commit_top is not None and not self.commit_top.closed:
+            await drop_filter(self.graph, self.commit_top)
+
+    async def commit(self) -> None:
+        # The job's edges go now (QEMU: when the job is freed); nodes nobody
+        # holds any more (the committed, non-monitor-owned ones) close.
+        self.base_writer = None
+        await self.remove_all_bdrv()
+
+    async def clean(self) -> None:
+        """commit_clean(): the base goes back to read-only."""
+        if self.base_read_only and not self.base.closed and not self.base.read_only:
+            try:
+                await set_read_only(self.graph, self.base, True)
+            except GenericError:
+                pass
+
+
+class _SideError(Exception):
+    """An I/O error and whether it happened reading (source) or writing."""
+
+    def __init__(self, is_read: bool, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.is_read = is_read
+        self.cause = cause
+
+
+async def drop_intermediate(
+    graph: NodeRegistry,
+    commit_top: BlockNode,
+    top: BlockNode,
+    base: BlockNode,
+    backing_file: str | None,
+) -> None:
+    """bdrv_drop_intermediate(): every parent of the filter now uses ``base``;
+    backing parents get ``backing_file`` (default: the base's file name) and
+    the base's format in their image header; ``base`` inherits from whatever
+    ``top`` inherited from when it inherited through ``top``."""
+    update_inherits = inherits_from_recursive(base, top)
+    name = backing_file
+    if name is None:
+        name = FilenameCache().filename(base)
+    fmt = base.driver.name
+    parents = _movable_parents(commit_top, set())
+    for c in parents:
+        if c.frozen:
+            raise GenericError(f"Cannot change '{c.name}' link to '{commit_top.node_name}'")
+    for c in parents:
+        replace_child(c, base)
+    permissions.refresh([base, commit_top])
+    if update_inherits:
+        base.inherits_from = top.inherits_from
+    for c in parents:
+        p = c.parent
+        if p is None or not (c.role & ChildRole.COW):
+            continue
+        change = getattr(p.driver, "change_backing_file", None)
+        if change is None:
+            continue
+        if p.read_only:
+            # QEMU cannot rewrite a read-only overlay's header either; the
+            # chain in the file stays valid (the dropped layer still exists).
+            continue
+        await change(name, fmt)
+        p.backing_file, p.backing_format = name, fmt
+    # The filter (and with it the committed nodes nobody else holds) go.
+    await release_after_drop(graph, commit_top)
+
+
+async def release_after_drop(graph: NodeRegistry, commit_top: BlockNode) -> None:
+    from blockd.graph.opener import unref
+
+    if commit_top.closed:
+        return
+    if commit_top.refcount <= 0:
+        commit_top.refcount = 1
+        await unref(graph, commit_top)
+
+
+def job_options(args: dict[str, Any]) -> tuple[bool, bool, str]:
+    return (bool(args.get("auto-finalize", True)), bool(args.get("auto-dismiss", True)),
+            str(args.get("on-error", "report")))
+
+
+def check_chain_ops(top: BlockNode, base: BlockNode) -> None:
+    """bdrv_op_is_blocked(COMMIT_TARGET) from top down to base included."""
+    for node in chain_below(top):
+        check_op_blocked(node)
+        if node is base:
+            break
