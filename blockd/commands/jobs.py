@@ -27,17 +27,26 @@ async def job_pause(ctx: CommandContext, args: dict[str, Any]) -> None:
 
 @qmp_command("job-resume")
 async def job_resume(ctx: CommandContext, args: dict[str, Any]) -> None:
-    get_manager(ctx.daemon).find_job(args["id"]).user_resume()
+    mgr = get_manager(ctx.daemon)
+    job = mgr.find_job(args["id"])
+    job.user_resume()
+    await mgr.settle(job)
 
 
 @qmp_command("job-cancel")
 async def job_cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
-    await get_manager(ctx.daemon).find_job(args["id"]).user_cancel(True)
+    mgr = get_manager(ctx.daemon)
+    job = mgr.find_job(args["id"])
+    await job.user_cancel(True)
+    await mgr.settle(job)
 
 
 @qmp_command("job-complete")
 async def job_complete(ctx: CommandContext, args: dict[str, Any]) -> None:
-    get_manager(ctx.daemon).find_job(args["id"]).complete()
+    mgr = get_manager(ctx.daemon)
+    job = mgr.find_job(args["id"])
+    job.complete()
+    await mgr.settle(job)
 
 
 @qmp_command("job-finalize")
@@ -60,17 +69,22 @@ async def query_block_jobs(ctx: CommandContext, args: dict[str, Any]) -> list[di
 
 @qmp_command("block-job-set-speed")
 async def block_job_set_speed(ctx: CommandContext, args: dict[str, Any]) -> None:
-    get_manager(ctx.daemon).find_block_job(args["device"]).set_speed(int(args["speed"]))
+    mgr = get_manager(ctx.daemon)
+    job = mgr.find_block_job(args["device"])
+    job.set_speed(int(args["speed"]))
+    await mgr.settle(job)
 
 
 @qmp_command("block-job-cancel")
 async def block_job_cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
     device = str(args["device"])
-    job = get_manager(ctx.daemon).find_block_job(device)
+    mgr = get_manager(ctx.daemon)
+    job = mgr.find_block_job(device)
     force = bool(args.get("force", False))
     if job.user_paused and not force:
         raise GenericError(f"The block job for device '{device}' is currently paused")
     await job.user_cancel(force)
+    await mgr.settle(job)
 
 
 @qmp_command("block-job-pause")
@@ -80,12 +94,18 @@ async def block_job_pause(ctx: CommandContext, args: dict[str, Any]) -> None:
 
 @qmp_command("block-job-resume")
 async def block_job_resume(ctx: CommandContext, args: dict[str, Any]) -> None:
-    get_manager(ctx.daemon).find_block_job(args["device"]).user_resume()
+    mgr = get_manager(ctx.daemon)
+    job = mgr.find_block_job(args["device"])
+    job.user_resume()
+    await mgr.settle(job)
 
 
 @qmp_command("block-job-complete")
 async def block_job_complete(ctx: CommandContext, args: dict[str, Any]) -> None:
-    get_manager(ctx.daemon).find_block_job(args["device"]).complete()
+    mgr = get_manager(ctx.daemon)
+    job = mgr.find_block_job(args["device"])
+    job.complete()
+    await mgr.settle(job)
 
 
 @qmp_command("block-job-finalize")

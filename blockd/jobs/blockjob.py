@@ -65,6 +65,7 @@ class BlockJob(Job):
             permissions.refresh([node])
             raise
         self.graph_children.insert(0, c)
+        node.blockers.insert(0, self.blocker)
         return c
 
     async def remove_all_bdrv(self) -> None:
@@ -81,6 +82,8 @@ class BlockJob(Job):
             self.graph_children.remove(c)
         node = c.child
         detach_child(c)
+        if self.blocker in node.blockers:
+            node.blockers.remove(self.blocker)
         if node.closed:
             return
         if node.refcount <= 0 and not node.monitor_owned:
@@ -249,18 +252,14 @@ async def create_block_job(
         raise
 
 
-def op_blocker(manager: JobManager | None, node: BlockNode) -> str | None:
-    """The newest job blocker on ``node`` (bdrv_op_is_blocked's first entry)."""
-    if manager is None:
-        return None
-    for job in manager.block_jobs():
-        if job.blocks(node):
-            return job.blocker
-    return None
+def op_blocker(node: BlockNode) -> str | None:
+    """The newest job blocker on ``node`` (bdrv_op_is_blocked's first entry for
+    the operations backing files do not block: stream, commit target)."""
+    return node.blockers[0] if node.blockers else None
 
 
-def check_op_blocked(manager: JobManager | None, node: BlockNode) -> None:
+def check_op_blocked(node: BlockNode) -> None:
     """Raise ``Node 'x' is busy: ...`` when a job blocks ``node``."""
-    reason = op_blocker(manager, node)
+    reason = op_blocker(node)
     if reason is not None:
         raise GenericError(f"Node '{node.node_name}' is busy: {reason}")

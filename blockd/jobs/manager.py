@@ -92,6 +92,20 @@ class JobManager:
 
         return [j for j in self.jobs if isinstance(j, BlockJob)]
 
+    async def settle(self, job: Job) -> None:
+        """Let a job that a command just woke run to its next yield, and finish
+        it if its run ended, before the command replies.
+
+        In QEMU the woken coroutine runs inside the command, and job_exit() is
+        a bottom half that runs before the reply is sent: a cancelled or
+        already finished job emits its events ahead of the command's reply.
+        The caller holds the dispatcher lock, so the completion runs here.
+        """
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if job.deferred_to_main_loop and not job.is_completed() and job.status != "null":
+            await job._completed()
+
     # -- queries ------------------------------------------------------------------
 
     def query_jobs(self) -> list[dict[str, Any]]:

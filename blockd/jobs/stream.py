@@ -1,0 +1,419 @@
+"""block-stream (QEMU 7.2's block/stream.c and qmp_block_stream).
+
+The job copies every extent allocated between the top and the base into the
+top, then makes the base the top's backing (header rewritten) and lets the
+intermediate nodes go.  While it runs a copy-on-read filter sits above the top
+(named by ``filter-node-name``, else implicit), the links from the filter down
+to the node above the base are frozen, and the job holds the top and the
+intermediate nodes with QEMU's permissions and op blockers.
+
+Copying: the allocation map is walked on the event loop (metadata lookups are
+cached by the format drivers), the data moves in large requests with several in
+flight, and every read and write runs in the I/O thread pool.  With a speed
+limit the job works like QEMU's: 512 KiB requests, one at a time, the rate
+limiter's delay slept between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from typing import Any
+
+from blockd.drivers.base import BlockDriver, BlockStatusFlag, is_allocated_above
+from blockd.drivers.locking import (
+    BLK_PERM_ALL,
+    BLK_PERM_CONSISTENT_READ,
+    BLK_PERM_WRITE,
+    BLK_PERM_WRITE_UNCHANGED,
+)
+from blockd.graph.backing import freeze_backing_chain, set_backing, unfreeze_backing_chain
+from blockd.graph.filename import FilenameCache, cow_child
+from blockd.graph.node import BdrvChild, BlockNode
+from blockd.graph.registry import NodeRegistry
+from blockd.graph.users import attach_user, detach_user
+from blockd.jobs.blockjob import BlockJob, create_block_job
+from blockd.jobs.graphops import (
+    chain_next,
+    drop_filter,
+    find_overlay,
+    insert_filter,
+    skip_filters,
+)
+from blockd.jobs.job import JobFailed
+from blockd.jobs.manager import JobManager
+from blockd.qmp.errors import GenericError
+
+log = logging.getLogger(__name__)
+
+# QEMU's STREAM_CHUNK: request size when rate limited (and progress granularity).
+STREAM_CHUNK = 512 * 1024
+# Unlimited speed: large requests, several in flight.
+BIG_CHUNK = 8 * 1024 * 1024
+MAX_IN_FLIGHT = 4
+_ZEROES = bytes(BIG_CHUNK)
+
+BASIC_PERMS = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED
+
+
+class StreamJob(BlockJob):
+    """One block-stream."""
+
+    job_type = "stream"
+
+    def __init__(
+        self,
+        manager: JobManager,
+        job_id: str,
+        graph: NodeRegistry,
+        *,
+        target: BlockNode,
+        base_overlay: BlockNode,
+        above_base: BlockNode,
+        backing_file: str | None,
+        bs_read_only: bool,
+        on_error: str,
+        auto_finalize: bool,
+        auto_dismiss: bool,
+    ) -> None:
+        super().__init__(manager, job_id, auto_finalize=auto_finalize,
+                         auto_dismiss=auto_dismiss, on_error=on_error)
+        self.graph = graph
+        self.target = target
+        self.base_overlay = base_overlay
+        self.above_base = above_base
+        self.backing_file = backing_file
+        self.bs_read_only = bs_read_only
+        self.cor_filter: BlockNode | None = None
+        # The job's own BlockBackend edge on the filter (s->blk).
+        self.blk: BdrvChild | None = None
+        self.frozen_from: BlockNode | None = None
+
+    # -- the copy ---------------------------------------------------------------
+
+    def _stop_layer(self) -> BlockDriver | None:
+        """The first layer not to copy from: the base (exclusive), re-read each
+        time because a parallel job may change what lies below base_overlay."""
+        c = self.base_overlay.child("backing")
+        return c.child.driver if c is not None else None
+
+    async def _copy(self, top: BlockDriver, offset: int, length: int) -> None:
+        """Read the range through the chain and write it into the top, skipping
+        any part a guest wrote meanwhile (it is allocated in the top now)."""
+        data = await top.read(offset, length)
+        mv = memoryview(data)
+        pos, end = offset, offset + length
+        while pos < end:
+            st = await top.block_status(pos, end - pos)
+            n = max(1, min(st.length, end - pos))
+            if not st.flags & BlockStatusFlag.ALLOCATED:
+                piece = mv[pos - offset: pos - offset + n]
+                if piece == _ZEROES[:n] if n <= len(_ZEROES) else not any(piece):
+                    await top.write_zeroes(pos, n)
+                else:
+                    await top.write(pos, piece)
+            pos += n
+
+    async def run(self) -> None:
+        unfiltered = skip_filters(self.target)
+        if unfiltered is None or unfiltered is self.base_overlay:
+            return  # nothing to stream
+        top = unfiltered.driver
+        length = top.get_length()
+        self.progress_set_remaining(length)
+        limited = self.speed > 0
+        offset = 0
+        delay = 0
+        error = 0
+        in_flight: dict[asyncio.Task[None], tuple[int, int]] = {}
+        retry: list[tuple[int, int]] = []
+
+        async def reap(wait_all: bool) -> list[tuple[int, int, int]]:
+            """Collect finished copies; (offset, n, errno) of the failed ones."""
+            failed: list[tuple[int, int, int]] = []
+            if not in_flight:
+                return failed
+            done, _ = await asyncio.wait(
+                set(in_flight),
+                return_when=asyncio.ALL_COMPLETED if wait_all else asyncio.FIRST_COMPLETED,
+            )
+            for t in done:
+                off, n = in_flight.pop(t)
+                exc = t.exception()
+                if exc is None:
+                    self.progress_update(n)
+                else:
+                    failed.append((off, n, _errno_of(exc)))
+            return failed
+
+        def handle(failed: list[tuple[int, int, int]]) -> bool:
+            """block_job_error_action() for each failure; True = stop the loop."""
+            nonlocal error
+            for off, n, err in sorted(failed):
+                action = self.error_action(True, err)
+                if action == "stop":
+                    retry.append((off, n))
+                    continue
+                if error == 0:
+                    error = -err
+                if action == "report":
+                    return True
+                self.progress_update(n)
+            return False
+
+        while offset < length or retry or in_flight:
+            # A pause or cancel waits for the requests in flight (QEMU's job is
+            # idle at its pause points).
+            if self.pause_count > 0 or self.is_cancelled() or (
+                in_flight and offset >= length and not retry
+            ):
+                if handle(await reap(True)):
+                    break
+            await self.sleep_ns(delay)
+            delay = 0
+            if self.is_cancelled():
+                break
+            if retry:
+                off, n = retry.pop(0)
+                copy = True
+            elif offset < length:
+                off = offset
+                want = min(STREAM_CHUNK if limited else BIG_CHUNK, length - off)
+                try:
+                    st = await top.block_status(off, want)
+                    n = max(1, min(st.length, want))
+                    copy = False
+                    if not st.flags & BlockStatusFlag.ALLOCATED:
+                        below = top.backing
+                        if below is None:
+                            n = length - off
+                        else:
+                            copy, n = await is_allocated_above(below, self._stop_layer(), off, n)
+                            if not copy and n == 0:
+                                n = length - off
+                except Exception as exc:
+                    if handle([(off, STREAM_CHUNK, _errno_of(exc))]):
+                        break
+                    if retry and retry[-1][0] == off:
+                        retry.pop()  # re-examine this offset after the pause
+                    continue
+                offset = off + n
+            else:
+                continue
+            if not copy:
+                self.progress_update(n)
+                continue
+            if limited:
+                try:
+                    await self._copy(top, off, n)
+                except Exception as exc:
+                    if handle([(off, n, _errno_of(exc))]):
+                        break
+                    continue
+                self.progress_update(n)
+                delay = self.ratelimit_delay(n)
+                continue
+            task = asyncio.get_running_loop().create_task(self._copy(top, off, n))
+            in_flight[task] = (off, n)
+            if len(in_flight) >= MAX_IN_FLIGHT and handle(await reap(False)):
+                break
+        if in_flight:
+            # Stopping early: let the requests in flight finish, errors ignored.
+            await asyncio.wait(set(in_flight))
+            for t in in_flight:
+                if not t.cancelled():
+                    t.exception()
+            in_flight.clear()
+        if error:
+            raise JobFailed(error)
+
+    def on_speed_change(self) -> None:
+        # A limit switches the copy to QEMU's chunking on its next request.
+        return None
+
+    # -- finalization -----------------------------------------------------------
+
+    async def _drop_filter(self) -> None:
+        """bdrv_cor_filter_drop(): unfreeze, parents back to the top, filter gone."""
+        cor = self.cor_filter
+        if cor is None:
+            return
+        self.cor_filter = None
+        if self.frozen_from is not None:
+            unfreeze_backing_chain(self.frozen_from, self.above_base)
+            self.frozen_from = None
+        keep = [c for c in cor.parents if c in self.graph_children or c is self.blk]
+        for c in keep:
+            if c in self.graph_children:
+                self.graph_children.remove(c)
+            if self.blocker in cor.blockers:
+                cor.blockers.remove(self.blocker)
+        self.blk = None
+        await drop_filter(self.graph, cor, keep)
+
+    async def prepare(self) -> None:
+        """stream_prepare(): the top's backing becomes the base, header rewritten."""
+        await self._drop_filter()
+        unfiltered = skip_filters(self.target)
+        if unfiltered is None or cow_child(unfiltered) is None:
+            return
+        base = chain_next(self.above_base)
+        unfiltered_base = skip_filters(base)
+        base_id: str | None = None
+        base_fmt: str | None = None
+        if unfiltered_base is not None:
+            base_id = self.backing_file or FilenameCache().filename(unfiltered_base)
+            base_fmt = unfiltered_base.driver.name
+        try:
+            await set_backing(self.graph, unfiltered, base)
+        except GenericError as e:
+            log.error("%s", e.desc)
+            raise JobFailed(-errno.EPERM) from None
+        await change_backing_file(unfiltered, base_id, base_fmt)
+
+    async def abort(self) -> None:
+        await self._drop_filter()
+
+    async def clean(self) -> None:
+        await self._drop_filter()
+        if self.bs_read_only:
+            for c in self.graph_children:
+                if c.child is self.target:
+                    self.set_child_perm(c, 0, BLK_PERM_ALL)
+            try:
+                await reopen_read_only(self.graph, self.target, True)
+            except GenericError as e:
+                log.error("stream: reopening '%s' read-only: %s", self.target.node_name, e.desc)
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+async def change_backing_file(node: BlockNode, backing_file: str | None,
+                              backing_fmt: str | None) -> None:
+    """bdrv_change_backing_file(): the image header and the node's record of it."""
+    drv = node.driver
+    change = getattr(drv, "change_backing_file", None)
+    if change is None:
+        raise JobFailed(-errno.ENOTSUP)
+    try:
+        await change(backing_file, backing_fmt)
+    except OSError as e:
+        raise JobFailed(-(e.errno or errno.EIO)) from None
+    node.backing_file = backing_file or ""
+    node.backing_format = backing_fmt or ""
+    node.auto_backing_file = backing_file or ""
+
+
+async def reopen_read_only(graph: NodeRegistry, node: BlockNode, read_only: bool) -> None:
+    """bdrv_reopen_set_read_only(): the node's current options with read-only
+    changed, through the graph's reopen transaction."""
+    from blockd.graph.options import unflatten
+    from blockd.graph.reopen import reopen_multiple
+
+    opts: dict[str, Any] = unflatten(dict(node.explicit_options))
+    opts["node-name"] = node.node_name
+    opts.setdefault("driver", node.driver.name)
+    for c in node.children:
+        if c.name not in opts or not isinstance(opts[c.name], dict):
+            opts[c.name] = c.child.node_name
+    if node.child("backing") is None and "backing" in {
+        s.option for s in type(node.driver).child_specs
+    }:
+        opts["backing"] = None
+    opts["read-only"] = read_only
+    await reopen_multiple(graph, [opts], compat="7.2")
+
+
+async def start_stream(
+    manager: JobManager,
+    graph: NodeRegistry,
+    *,
+    job_id: str,
+    bs: BlockNode,
+    base: BlockNode | None,
+    backing_file: str | None,
+    bottom: BlockNode | None,
+    auto_finalize: bool,
+    auto_dismiss: bool,
+    speed: int,
+    on_error: str,
+    filter_node_name: str | None,
+) -> StreamJob:
+    """stream_start(): filter, job, permissions, frozen chain, then run."""
+    if bottom is not None:
+        base_overlay = above_base = bottom
+    else:
+        found = find_overlay(bs, base)
+        if found is None:
+            assert base is not None
+            raise GenericError(
+                f"'{base.node_name}' is not in the backing chain of '{bs.node_name}'"
+            )
+        base_overlay = above_base = found
+        below = cow_child(above_base)
+        if below is not None and below.child is not base:
+            above_base = below.child
+            while chain_next(above_base) is not base:
+                nxt = chain_next(above_base)
+                if nxt is None:
+                    break
+                above_base = nxt
+
+    bs_read_only = bs.read_only
+    if bs_read_only:
+        # Hold the chain during the reopen.
+        freeze_backing_chain(bs, above_base)
+        try:
+            await reopen_read_only(graph, bs, False)
+        finally:
+            unfreeze_backing_chain(bs, above_base)
+
+    job = StreamJob(
+        manager, job_id, graph, target=bs, base_overlay=base_overlay, above_base=above_base,
+        backing_file=backing_file, bs_read_only=bs_read_only, on_error=on_error,
+        auto_finalize=auto_finalize, auto_dismiss=auto_dismiss,
+    )
+    cor: BlockNode | None = None
+    created = False
+    try:
+        cor = await insert_filter(
+            graph, bs, "copy-on-read", filter_node_name,
+            {"bottom": base_overlay.node_name}, {"bottom": base_overlay.driver}, keep=[],
+        )
+        job.cor_filter = cor
+        # block_job_create() on the filter: it takes nothing and shares all.
+        manager.check_new_id(job_id)
+        await create_block_job(job, cor, 0, BLK_PERM_ALL, speed)
+        created = True
+        job.blk = attach_user(cor, "root", BLK_PERM_CONSISTENT_READ,
+                              BASIC_PERMS | BLK_PERM_WRITE, desc="a block device")
+        job.add_bdrv("active node", bs, 0, BASIC_PERMS | BLK_PERM_WRITE)
+        iter_node = chain_next(bs)
+        base_now = chain_next(above_base)
+        while iter_node is not None and iter_node is not base_now:
+            job.add_bdrv("intermediate node", iter_node, 0, BASIC_PERMS)
+            iter_node = chain_next(iter_node)
+        freeze_backing_chain(cor, above_base)
+        job.frozen_from = cor
+    except BaseException:
+        if job.blk is not None:
+            detach_user(job.blk)
+            job.blk = None
+        if created:
+            await job.early_fail()
+        if cor is not None:
+            job.cor_filter = cor
+            await job._drop_filter()
+        if bs_read_only:
+            try:
+                await reopen_read_only(graph, bs, True)
+            except GenericError:
+                pass
+        raise
+    job.start()
+    return job
