@@ -202,6 +202,42 @@ def _script_order(d: Path) -> list[Step]:
     ]
 
 
+def _script_driver_opts(d: Path) -> list[Step]:
+    """Options a driver may change on reopen vs. may return to their default."""
+    r = {"driver": "file", "node-name": "f", "filename": str(d / "hd2.img")}
+    q = {"driver": "qcow2", "node-name": "q", "file": _file(d, "hd0.img")}
+    return [
+        _add(**r, **{"drop-cache": False, "aio-max-batch": 4, "x-check-cache-dropped": True}),
+        _reopen({**r, "drop-cache": True, "aio-max-batch": 8, "x-check-cache-dropped": False}),
+        _reopen({**r, "aio-max-batch": 8}),
+        _reopen(r),
+        _reopen({**r, "aio-max-batch": 4, "drop-cache": True}),
+        _reopen({**r, "aio-max-batch": 4, "drop-cache": False}),
+        _add(driver="null-co", **{"node-name": "n", "read-zeroes": True}),
+        _reopen({"driver": "null-co", "node-name": "n", "read-zeroes": False}),
+        _reopen({"driver": "null-co", "node-name": "n"}),
+        _add(driver="raw", **{"node-name": "r", "offset": 512}, file={"driver": "null-co"}),
+        _reopen({"driver": "raw", "node-name": "r", "file": {"driver": "null-co"}}),
+        _add(**q, **{"lazy-refcounts": True, "cache-clean-interval": 5,
+                     "overlap-check": "none"}),
+        _reopen(q),
+        _reopen({**q, "data-file": "x"}),
+        _reopen({**q, "overlap-check": {"template": "all", "main-header": False}}),
+        _reopen({**q, "pass-discard-other": True, "cache-size": 1 << 20}),
+        # force-share comes back from QemuOpts as a string: never "unchanged".
+        _add(driver="file", **{"node-name": "g", "read-only": True, "force-share": True},
+             filename=str(d / "hd1.img")),
+        _reopen({"driver": "file", "node-name": "g", "filename": str(d / "hd1.img"),
+                 "read-only": True, "force-share": True}),
+        _reopen({"driver": "file", "node-name": "g", "filename": str(d / "hd1.img"),
+                 "read-only": True}),
+        _reopen({"driver": "file", "node-name": "g", "filename": str(d / "hd1.img"),
+                 "read-only": True, "force-share": False}),
+        _add(driver="null-co", **{"node-name": "n2", "size": 1024, "latency-ns": 5}),
+        _reopen({"driver": "null-co", "node-name": "n2", "size": 1024, "latency-ns": 5}),
+    ]
+
+
 def _images(d: Path, qemu_img: str) -> None:
     for args in (["create", "-q", "-f", "qcow2", "hd0.img", "3M"],
                  ["create", "-q", "-f", "qcow2", "-b", "hd0.img", "-F", "qcow2", "hd1.img"],
@@ -229,7 +265,8 @@ def _run(d: Path, qsd: bool, script: Any = _script) -> list[str]:
     return [o.replace(str(d), "DIR") for o in out]
 
 
-@pytest.mark.parametrize("script", [_script, _script_options, _script_order])
+@pytest.mark.parametrize(
+    "script", [_script, _script_options, _script_order, _script_driver_opts])
 def test_reopen_script_same_as_qsd(
     tmp_path: Path, qemu_img: str, qsd: str, script: Any
 ) -> None:

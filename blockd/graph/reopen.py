@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from blockd.drivers.base import ChildRole, ChildSpec
+from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec
 from blockd.drivers.file import FileDriver
 from blockd.graph import filefd, permissions
 from blockd.graph.node import (
@@ -33,15 +33,52 @@ from blockd.graph.registry import NodeRegistry
 from blockd.qmp.errors import GenericError
 from blockd.qmp.qdict import qdict_keys
 
-# Driver options each driver can change on reopen (its bdrv_reopen_prepare
-# consumes them) and may reset to the default (QEMU's mutable_opts).
-_REOPENABLE: dict[str, frozenset[str] | None] = {
-    "file": frozenset({"x-check-cache-dropped", "drop-cache"}),
+# QEMU's mutable_opts: driver options that may be omitted on reopen (they return
+# to their defaults).  Drivers not listed declare ``mutable_opts`` themselves.
+_QCOW2_RUNTIME = frozenset({
+    "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+    "pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
+    "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
+})
+_RESETTABLE: dict[str, frozenset[str]] = {
+    "file": frozenset({"x-check-cache-dropped"}),
     "raw": frozenset({"offset", "size"}),
-    "qcow2": None,  # every runtime option
+    "qcow2": _QCOW2_RUNTIME,
     "null-co": frozenset(),
     "null-aio": frozenset(),
 }
+# Driver options the driver's reopen_prepare consumes, i.e. may change; the
+# rest must stay as they were ("Cannot change the option").
+_CHANGEABLE: dict[str, frozenset[str]] = {
+    "file": frozenset({"x-check-cache-dropped", "drop-cache"}),
+    "qcow2": _QCOW2_RUNTIME | {"encrypt"},
+}
+
+
+# Options QEMU puts back into the reopen QDict as strings after parsing them
+# with QemuOpts: compared with the typed value the node was opened with, they
+# never count as unchanged (QEMU's own TODO in bdrv_reopen_prepare).
+_STRINGIFIED: dict[str, frozenset[str]] = {"file": frozenset({"aio-max-batch"})}
+# bdrv_reset_options_allowed(): generic options that may always be omitted.
+_RESET_COMMON = frozenset({
+    "driver", "node-name", "discard", "cache.direct", "cache.no-flush", "read-only",
+    "auto-read-only", "detect-zeroes",
+})
+
+
+def _in(key: str, names: frozenset[str] | None) -> bool:
+    """Whether a flattened key belongs to one of ``names`` (None = all)."""
+    return names is None or key in names or key.split(".", 1)[0] in names
+
+
+def _resettable(drv: BlockDriver) -> frozenset[str] | None:
+    return _RESETTABLE.get(drv.name, type(drv).mutable_opts)
+
+
+def _changeable(drv: BlockDriver) -> frozenset[str] | None:
+    return _CHANGEABLE.get(drv.name, _resettable(drv))
+
+
 
 
 @dataclass
@@ -141,12 +178,12 @@ def _check_generic(e: Entry) -> None:
             "support reopening files"
         )
     children = child_option_names(type(drv))
-    reopenable = _REOPENABLE.get(drv.name, type(drv).mutable_opts)
+    resettable = _resettable(drv)
     # Omitted driver options return to their defaults only if the driver allows.
     for k in qdict_keys(node.options):
-        if k in GENERIC_KEYS or k.split(".", 1)[0] in children or k in opts:
+        if k in _RESET_COMMON or k.split(".", 1)[0] in children or k in opts:
             continue
-        if reopenable is not None and k not in reopenable:
+        if not _in(k, resettable):
             raise GenericError(f"Option '{k}' cannot be reset to its default value")
 
 
@@ -159,7 +196,7 @@ def _check_rest(graph: NodeRegistry, e: Entry) -> None:
         opts.pop(k, None)
     drv = node.driver
     children = child_option_names(type(drv))
-    reopenable = _REOPENABLE.get(drv.name, type(drv).mutable_opts)
+    changeable = _changeable(drv)
     if drv.supports_backing and e.backing_missing and (
         node.backing is not None or node.backing_file
     ):
@@ -169,12 +206,13 @@ def _check_rest(graph: NodeRegistry, e: Entry) -> None:
             continue
         _stage_child(graph, e, key, opts.pop(key))
     for k in qdict_keys(opts):
-        if reopenable is None and k not in ("driver", "node-name", "force-share") \
-                and k.split(".", 1)[0] not in children:
-            continue
-        if reopenable is not None and k in reopenable:
+        if k not in ("driver", "node-name", "force-share") \
+                and k.split(".", 1)[0] not in children and _in(k, changeable):
             continue
         new = opts[k]
+        stringified = k == "force-share" or k in _STRINGIFIED.get(drv.name, ())
+        if stringified and not isinstance(node.options.get(k), str):
+            raise GenericError(f"Cannot change the option '{k}'")
         if isinstance(new, str):
             c = node.child(k)
             if c is not None and c.child.node_name == new:
