@@ -129,3 +129,37 @@ def test_shutdown_flushes_and_unlocks(tmp_path: Path, qemu_img: str, qemu_io: st
     out = subprocess.run([qemu_io, "-f", "qcow2", "-c", "read -P 0x5a 64k 128k", b],
                          capture_output=True, text=True, check=True).stdout
     assert "Pattern verification failed" not in out
+
+
+@pytest.mark.qemu
+def test_header_backing_names_like_qsd(tmp_path: Path, qemu_img: str, qsd: str) -> None:
+    """Backing files named by the image header: json: descriptions, protocol
+    URLs, relative paths, a missing file."""
+    import re
+
+    from tests.graph_helpers import VM
+
+    def run(d: Path, use_qsd: bool) -> list[str]:
+        d.mkdir()
+        base = d / "base.raw"
+        subprocess.run([qemu_img, "create", "-q", "-f", "raw", str(base), "1M"], check=True)
+        j = json.dumps({"driver": "raw", "file": {"driver": "file", "filename": str(base)}})
+        for name, backing, fmt in (("j.qcow2", f"json:{j}", "raw"),
+                                   ("n.qcow2", "null-co://", "raw"),
+                                   ("rel.qcow2", "base.raw", "raw"),
+                                   ("miss.qcow2", "missing.qcow2", "qcow2")):
+            subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-u", "-b", backing,
+                            "-F", fmt, name, "1M"], check=True, cwd=d)
+        vm = VM(d, qsd=use_qsd)
+        out = []
+        try:
+            for name, ro in (("j", True), ("n", False), ("rel", True), ("miss", False)):
+                r = vm.qmp("blockdev-add", driver="qcow2", **{"node-name": name, "read-only": ro},
+                           file={"driver": "file", "filename": str(d / f"{name}.qcow2")})
+                out.append(str(r))
+            out.append(str(vm.qmp("query-named-block-nodes", flat=True)))
+        finally:
+            vm.shutdown()
+        return [re.sub(r"#block\d+", "#B", o.replace(str(d), "DIR")) for o in out]
+
+    assert run(tmp_path / "b", False) == run(tmp_path / "q", True)

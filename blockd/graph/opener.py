@@ -15,13 +15,14 @@ from typing import Any
 
 from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec, OpenFlags, driver_class
 from blockd.drivers.file import FileDriver
-from blockd.drivers.open import probe_format, resolve_backing_path
+from blockd.drivers.open import parse_json_filename, probe_format, resolve_backing_path
 from blockd.graph import permissions
 from blockd.graph.naming import AutoNamer, check_node_name
 from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child
 from blockd.graph.options import (
     driver_options,
     extract_sub,
+    flatten,
     has_sub,
     inherit,
     root_defaults,
@@ -226,6 +227,26 @@ class GraphOpener:
         options[key] = child.node_name
         pending.append((child, spec, key))
 
+    async def _header_backing_options(self, node: BlockNode) -> dict[str, Any]:
+        """Options for the backing file the image header names: a path relative
+        to the overlay, a ``json:{...}`` description or a protocol URL."""
+        name, fmt = node.backing_file, node.backing_format
+        if name.startswith("json:"):
+            sub = flatten(parse_json_filename(name))
+            if fmt and "driver" not in sub:
+                sub["driver"] = fmt
+            if "driver" not in sub:
+                raise GenericError("Must specify either driver or file")
+            return sub
+        for proto in _PROTOCOLS:
+            if name.startswith(f"{proto}://"):
+                return {"driver": fmt or "raw", "file.driver": proto}
+        path = resolve_backing_path(node.filename, name)
+        if path.startswith("file:"):
+            path = path[len("file:"):]
+        return {"driver": fmt or await _probe(path), "file.driver": "file",
+                "file.filename": path}
+
     async def _open_backing(
         self, node: BlockNode, spec: ChildSpec, options: dict[str, Any]
     ) -> None:
@@ -241,17 +262,17 @@ class GraphOpener:
             self._attach(node, child, spec, key)
             return
         implicit = False
+        sub: dict[str, Any] = {}
         if has_sub(options, key):
             sub = extract_sub(options, key)
             extract_sub(node.explicit_options, key)
         elif node.backing_file:
-            path = resolve_backing_path(node.filename, node.backing_file)
-            sub = {"driver": node.backing_format or await _probe(path),
-                   "file.driver": "file", "file.filename": path}
             implicit = True
         else:
             return
         try:
+            if implicit:
+                sub = await self._header_backing_options(node)
             child = await self.open(sub, options, spec.role)
         except GenericError as e:
             raise GenericError(f"Could not open backing file: {e.desc}") from None
@@ -259,6 +280,9 @@ class GraphOpener:
             node.auto_backing_file = child.filename
         child.inherits_from = node
         self._attach(node, child, spec, key)
+
+
+_PROTOCOLS = ("null-co", "null-aio")
 
 
 async def _probe(path: str) -> str:
@@ -296,8 +320,6 @@ async def blockdev_add(graph: NodeRegistry, args: dict[str, Any]) -> BlockNode:
     """qmp_blockdev_add(): open a monitor-owned root from visited BlockdevOptions."""
     if "node-name" not in args:
         raise GenericError("'node-name' must be specified for the root node")
-    from blockd.graph.options import flatten
-
     op = GraphOpener(graph, graph.namer)
     try:
         node = await op.open(flatten(args))
