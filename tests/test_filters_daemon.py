@@ -326,9 +326,6 @@ def test_filter_reopen_keeps_options(tmp_path: Path, qemu_img: str, qsd: str) ->
     _compare(tmp_path, qemu_img, script)
 
 
-@pytest.mark.xfail(reason="the graph's opener does not pass OpenFlags.extra['lookup-node'] "
-                          "yet, so copy-on-read cannot resolve 'bottom' in the daemon",
-                   strict=False)
 def test_copy_on_read_bottom_in_daemon(tmp_path: Path, qemu_img: str, qsd: str) -> None:
     def script(f: Files) -> list[Cmd]:
         cor = {"driver": "copy-on-read", "node-name": "cor", "file": "hd1", "bottom": "hd1"}
