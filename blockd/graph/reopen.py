@@ -270,6 +270,14 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
     undo: list[tuple[BdrvChild | None, tuple[int, int], BdrvChild | None]] = []
     touched: list[BlockNode] = [e.node for e in queue]
     dropped: list[BlockNode] = []
+    # bdrv_reopen_multiple() flushes every queued node first.
+    for e in queue:
+        try:
+            await e.node.driver.flush()
+        except OSError as err:
+            raise GenericError(
+                f"Error flushing drive: {os.strerror(err.errno or 5)}"
+            ) from None
     try:
         for e in queue:
             _check_generic(e)
