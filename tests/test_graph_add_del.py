@@ -55,6 +55,15 @@ def _cases(d: Path) -> list[Any]:
         add(driver="qcow2", **{"node-name": "s", "backing": "sf"},
             file=f(a, **{"node-name": "sf"})),
         rm("s"),
+        # Name rules: length limit, characters, a child taking the parent's name.
+        add(driver="null-co", **{"node-name": "a" * 31}),
+        add(driver="null-co", **{"node-name": "b" * 32}),
+        add(driver="null-co", **{"node-name": "x.y_z-1"}),
+        add(driver="null-co", **{"node-name": "1abc"}),
+        add(driver="null-co", **{"node-name": ""}),
+        add(driver="qcow2", **{"node-name": "same"}, file=f(a, **{"node-name": "same"})),
+        add(driver="qcow2", **{"node-name": "p"}, file=f(a, **{"node-name": "#x"})),
+        rm("a" * 31), rm("x.y_z-1"),
     ]
 
 
@@ -157,6 +166,36 @@ def test_header_backing_names_like_qsd(tmp_path: Path, qemu_img: str, qsd: str) 
                 r = vm.qmp("blockdev-add", driver="qcow2", **{"node-name": name, "read-only": ro},
                            file={"driver": "file", "filename": str(d / f"{name}.qcow2")})
                 out.append(str(r))
+            out.append(str(vm.qmp("query-named-block-nodes", flat=True)))
+        finally:
+            vm.shutdown()
+        return [re.sub(r"#block\d+", "#B", o.replace(str(d), "DIR")) for o in out]
+
+    assert run(tmp_path / "b", False) == run(tmp_path / "q", True)
+
+
+@pytest.mark.qemu
+def test_del_implicit_nodes_like_qsd(tmp_path: Path, qemu_img: str, qsd: str) -> None:
+    """Deleting generated nodes: a busy backing file is reported before the
+    monitor-ownership check; a generated file node is not owned."""
+    import re
+
+    from tests.graph_helpers import VM
+
+    def run(d: Path, use_qsd: bool) -> list[str]:
+        d.mkdir()
+        _images(d, qemu_img)
+        vm = VM(d, qsd=use_qsd)
+        out = []
+        try:
+            vm.qmp("blockdev-add", driver="qcow2", **{"node-name": "b"},
+                   file={"driver": "file", "filename": str(d / "b.qcow2")})
+            nodes = vm.qmp("query-named-block-nodes", flat=True)["return"]
+            names = {n["file"] + ":" + n["drv"]: n["node-name"] for n in nodes}
+            for key in sorted(names):
+                r = vm.qmp("blockdev-del", **{"node-name": names[key]})
+                out.append(f"{key} {r}")
+            out.append(str(vm.qmp("blockdev-del", **{"node-name": "b"})))
             out.append(str(vm.qmp("query-named-block-nodes", flat=True)))
         finally:
             vm.shutdown()
