@@ -109,6 +109,10 @@ class BlockJob(Job):
             c.perm, c.shared_perm = old
             raise
 
+    def extra_edges(self) -> list[BdrvChild]:
+        """Job-owned edges besides graph_children (a job's own BlockBackend)."""
+        return []
+
     def blocks(self, node: BlockNode) -> bool:
         return any(c.child is node for c in self.graph_children)
 

@@ -132,7 +132,10 @@ async def insert_filter(
     Without ``node_name`` the filter is implicit and auto-named "#blockNNN".
     """
     if node_name is not None:
-        check_node_name(node_name, node_name in graph)
+        try:
+            check_node_name(node_name, node_name in graph)
+        except GenericError as e:
+            raise GenericError(f"Could not create node: {e.desc}") from None
     cls = driver_class(driver)
     drv = cls()
     name = node_name if node_name is not None else graph.namer.next()
@@ -148,7 +151,10 @@ async def insert_filter(
     edge = attach_child(node, below, "file", ChildRole.FILTERED | ChildRole.PRIMARY, slot="file")
     try:
         flags = OpenFlags(read_only=False)
-        await drv.open(driver_options, flags)
+        try:
+            await drv.open(driver_options, flags)
+        except GenericError as e:
+            raise GenericError(f"Could not create node: {e.desc}") from None
         drv.flags = flags
         permissions.refresh([node])
         moved: list[BdrvChild] = []

@@ -274,7 +274,10 @@ class Job:
         await self.pause_point()
 
     def pause(self) -> None:
+        """job_pause(): a sleeping job is kicked so it reaches its pause point."""
         self.pause_count += 1
+        if not self.paused:
+            self.enter()
 
     def resume(self) -> None:
         self.pause_count -= 1

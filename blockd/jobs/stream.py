@@ -90,6 +90,9 @@ class StreamJob(BlockJob):
         self.blk: BdrvChild | None = None
         self.frozen_from: BlockNode | None = None
 
+    def extra_edges(self) -> list[BdrvChild]:
+        return [self.blk] if self.blk is not None else []
+
     # -- the copy ---------------------------------------------------------------
 
     def _stop_layer(self) -> BlockDriver | None:
