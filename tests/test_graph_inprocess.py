@@ -209,3 +209,79 @@ async def test_failed_add_leaves_no_trace(chain: Path, qemu_img: str) -> None:
         assert graph_snapshot(d.graph) == before
         assert set(os.listdir("/proc/self/fd")) == fds
     await d.stop()
+
+
+async def test_stream_like_filter_insertion(chain: Path) -> None:
+    """iotest 245 test_block_stream_4 with the job's graph changes made by the
+    primitives a stream job uses: a copy-on-read filter inserted above hd1, the
+    chain below it frozen, the job reading through the filter."""
+    from blockd.graph.backing import insert_node, release
+    from blockd.graph.reopen import reopen_set_read_only
+
+    d = Daemon()
+    opts = hd(chain, 0, backing=hd(chain, 1, backing=hd(chain, 2)))
+    await run(d, "blockdev-add", opts)
+    g = d.graph
+    hd1, hd2 = g.lookup("hd1"), g.lookup("hd2")
+    assert hd1 and hd2
+    # block-stream device=hd1: the job makes hd1 writable first.
+    await reopen_set_read_only(g, hd1, False)
+    assert not hd1.read_only and not g.lookup("hd1-file").read_only  # type: ignore[union-attr]
+    cor = await insert_node(g, hd1, {"driver": "copy-on-read", "node-name": "cor",
+                                     "file": "hd1"})
+    assert check_graph(g) == []
+    hd0 = g.lookup("hd0")
+    assert hd0 is not None and hd0.driver.backing is cor.driver
+    freeze_backing_chain(cor, hd2)
+    job = attach_user(cor, "root", BLK_PERM_CONSISTENT_READ, 0xF, "stream job 'stream0'")
+
+    with pytest.raises(GenericError) as e:
+        await run(d, "x-blockdev-reopen", opts)
+    assert e.value.desc == "Cannot change the option 'backing.backing.file.node-name'"
+    with pytest.raises(GenericError) as e:
+        await run(d, "x-blockdev-reopen", {**opts["backing"], "read-only": True})
+    assert e.value.desc == "Read-only block node 'hd1' cannot support read-write users"
+    with pytest.raises(GenericError) as e:
+        await run(d, "x-blockdev-reopen",
+                  {**opts["backing"], "backing": None, "read-only": False})
+    assert e.value.desc == "Cannot change frozen 'backing' link from 'hd1' to 'hd2'"
+    await run(d, "x-blockdev-reopen", {**opts, "backing": None})
+    assert hd0.child("backing") is None
+
+    detach_user(job)
+    unfreeze_backing_chain(cor, hd2)
+    await release(g, cor)
+    assert check_graph(g) == []
+    assert g.lookup("cor") is None and g.lookup("hd1") is None
+    await d.stop()
+
+
+async def test_commit_like_implicit_filter(chain: Path) -> None:
+    """iotest 245 test_block_commit_2: a commit job's implicit filter above hd1
+    cannot be replaced by reopen, and hd0's backing.* options no longer apply."""
+    from blockd.graph.backing import insert_node, release
+
+    d = Daemon()
+    opts = hd(chain, 0, backing=hd(chain, 1, backing=hd(chain, 2)))
+    await run(d, "blockdev-add", opts)
+    g = d.graph
+    hd1, hd2 = g.lookup("hd1"), g.lookup("hd2")
+    assert hd1 and hd2
+    # A pass-through filter standing in for commit's "commit_top".
+    top = await insert_node(g, hd1, {"driver": "compress", "file": "hd1",
+                                     "read-only": True})
+    top.implicit = True
+    freeze_backing_chain(top, hd2)
+    with pytest.raises(GenericError) as e:
+        await run(d, "x-blockdev-reopen",
+                  {**opts, "backing": {**opts["backing"], "backing": None}})
+    assert e.value.desc == "Cannot change the option 'backing.driver'"
+    with pytest.raises(GenericError) as e:
+        await run(d, "x-blockdev-reopen", {**opts, "backing": None})
+    assert e.value.desc == "Cannot replace implicit backing child of hd0"
+    # Naming the node below the implicit filter keeps the graph as it is.
+    await run(d, "x-blockdev-reopen", {**opts, "backing": "hd1"})
+    assert g.lookup("hd0").driver.backing is top.driver  # type: ignore[union-attr]
+    unfreeze_backing_chain(top, hd2)
+    await release(g, top)
+    await d.stop()

@@ -9,6 +9,8 @@ reopen of ``node`` still reopens it with inherited options.
 
 from __future__ import annotations
 
+from typing import Any
+
 from blockd.drivers.base import ChildRole
 from blockd.graph import permissions
 from blockd.graph.node import (
@@ -16,7 +18,9 @@ from blockd.graph.node import (
     BlockNode,
     attach_child,
     detach_child_undoable,
+    has_descendant,
     reattach_child,
+    replace_child,
     subtree,
 )
 from blockd.graph.registry import NodeRegistry
@@ -153,3 +157,72 @@ async def set_backing(
 
         old.refcount = 1
         await unref(graph, old)
+
+
+def _should_update(c: BdrvChild, to: BlockNode) -> bool:
+    """should_update_child(): never make ``to`` point (through this edge) at
+    itself, directly or below."""
+    if c.parent is None:
+        return True
+    return not has_descendant(to, c.parent)
+
+
+def replace_node(graph: NodeRegistry, old: BlockNode, new: BlockNode) -> None:
+    """bdrv_replace_node(): every parent of ``old`` (except those below ``new``,
+    e.g. a filter's own edge to ``old``) now uses ``new``.  Frozen links and
+    permission conflicts refuse the whole change, with QEMU's texts."""
+    edges = [c for c in old.parents if _should_update(c, new)]
+    for c in edges:
+        if c.frozen:
+            raise GenericError(f"Cannot change '{c.name}' link to '{old.node_name}'")
+    undo: list[BdrvChild] = []
+    try:
+        for c in edges:
+            replace_child(c, new)
+            undo.append(c)
+        permissions.refresh([old, new])
+    except GenericError:
+        for c in reversed(undo):
+            replace_child(c, old)
+        permissions.refresh([old, new])
+        raise
+
+
+async def insert_node(
+    graph: NodeRegistry, below: BlockNode, options: dict[str, Any]
+) -> BlockNode:
+    """bdrv_insert_node(): open a filter from ``options`` (its child given by
+    reference to ``below``) and put it between ``below`` and all its parents."""
+    from blockd.graph.opener import GraphOpener
+    from blockd.graph.options import flatten
+
+    op = GraphOpener(graph, graph.namer)
+    try:
+        node = await op.open(flatten(options))
+    except BaseException:
+        await op.rollback()
+        raise
+    ref(node)  # held by the caller (the job) until it calls release()
+    try:
+        replace_node(graph, below, node)
+    except GenericError:
+        node.refcount -= 1
+        node.extra_refs -= 1
+        await op.rollback()
+        raise
+    return node
+
+
+def ref(node: BlockNode) -> None:
+    """bdrv_ref(): keep ``node`` open for a holder that is not an edge."""
+    node.refcount += 1
+    node.extra_refs += 1
+
+
+async def release(graph: NodeRegistry, node: BlockNode) -> None:
+    """bdrv_unref() of a :func:`ref`: closes the node (and what only it held)
+    when nothing else uses it."""
+    from blockd.graph.opener import unref
+
+    node.extra_refs -= 1
+    await unref(graph, node)

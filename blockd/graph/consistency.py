@@ -54,7 +54,7 @@ def check_graph(graph: NodeRegistry) -> list[str]:
                 problems.append(f"{n.node_name}: parent edge points elsewhere")
             if c.parent is not None and c not in c.parent.children:
                 problems.append(f"{n.node_name}: edge {c.name} missing in parent's children")
-        want_ref = len(n.parents) + (1 if n.monitor_owned else 0)
+        want_ref = len(n.parents) + (1 if n.monitor_owned else 0) + n.extra_refs
         if n.refcount != want_ref:
             problems.append(f"{n.node_name}: refcount {n.refcount} != {want_ref}")
         if n.inherits_from is not None and n.inherits_from.closed:

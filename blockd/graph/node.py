@@ -72,8 +72,11 @@ class BlockNode:
     monitor_owned: bool = False
     parents: list[BdrvChild] = field(default_factory=list)
     children: list[BdrvChild] = field(default_factory=list)
-    # References held by edges + the monitor; the node closes at 0.
+    # References held by edges + the monitor + ``extra_refs``; closes at 0.
     refcount: int = 0
+    # References held by something that is neither an edge nor the monitor
+    # (a job keeping its filter node alive: QEMU's bdrv_ref()).
+    extra_refs: int = 0
     aio_context: str | None = None
     # Generic node options (QEMU's BDRV_O_* derived state).
     detect_zeroes: str = "off"

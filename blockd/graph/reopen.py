@@ -242,6 +242,9 @@ def _stage_child(graph: NodeRegistry, e: Entry, key: str, value: Any) -> None:
     old = cur.child if cur is not None else None
     if old is new:
         return
+    if old is not None and _skip_implicit_filters(old) is new:
+        # Naming the node below a job's implicit filter keeps the filter.
+        return
     if old is not None and old.implicit:
         raise GenericError(f"Cannot replace implicit {key} child of {node.node_name}")
     if cur is not None and cur.frozen:
@@ -255,6 +258,17 @@ def _stage_child(graph: NodeRegistry, e: Entry, key: str, value: Any) -> None:
             "backing files"
         )
     e.new_children.append((key, new))
+
+
+def _skip_implicit_filters(node: BlockNode) -> BlockNode:
+    """bdrv_skip_implicit_filters(): below any filters jobs inserted."""
+    while node.implicit:
+        below = next((c.child for c in node.children
+                      if c.role & (ChildRole.FILTERED | ChildRole.COW)), None)
+        if below is None:
+            break
+        node = below
+    return node
 
 
 def _spec_for(node: BlockNode, key: str) -> ChildSpec:
@@ -403,3 +417,11 @@ async def _commit_driver(e: Entry) -> None:
     except Exception:  # commit must not fail half-way through the queue
         pass
     drv.flags = flags
+
+
+async def reopen_set_read_only(graph: NodeRegistry, node: BlockNode, read_only: bool) -> None:
+    """bdrv_reopen_set_read_only(): what jobs do to make an image writable (or
+    read-only again): every other option keeps its value."""
+    queue: list[Entry] = []
+    queue_child(queue, node, {"read-only": read_only}, None, None, True)
+    await _reopen(graph, queue)
