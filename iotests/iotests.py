@@ -81,7 +81,7 @@ imgproto = os.environ.get("IMGPROTO", "file")
 imgopts = os.environ.get("IMGOPTS", "")
 cachemode = os.environ.get("CACHEMODE", "writeback")
 aiomode = os.environ.get("AIOMODE", "threads")
-qemu_default_machine = os.environ.get("QEMU_DEFAULT_MACHINE", "q35")
+qemu_default_machine = os.environ.get("QEMU_DEFAULT_MACHINE", "pc")
 
 qemu_img_prog = _tool(("IOTESTS_QEMU_IMG", "QEMU_IMG_PROG"), "blockd-img")
 qemu_io_prog = _tool(("IOTESTS_QEMU_IO", "QEMU_IO_PROG"), "blockd-io")
@@ -95,7 +95,6 @@ blockd_argv = (shlex.split(os.environ["BLOCKD_PROG"]) if os.environ.get("BLOCKD_
 qemu_img_args = [qemu_img_prog, *shlex.split(os.environ.get("QEMU_IMG_OPTIONS", ""))]
 qemu_io_args_no_fmt = [qemu_io_prog, *shlex.split(
     os.environ.get("QEMU_IO_OPTIONS", f"--cache {cachemode} --aio {aiomode}"))]
-qemu_io_args = [*qemu_io_args_no_fmt, "-f", imgfmt]
 
 # The name check uses for the test (``245``); notrun files are named after it.
 seq = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "iotest"
@@ -188,9 +187,10 @@ def qemu_img_map(*args: str) -> Any:
 
 
 def qemu_io_wrap_args(args: Sequence[str]) -> list[str]:
+    """qemu-io's command line: cache/aio options, and ``-f IMGFMT`` unless given."""
     if "-f" in args or "--image-opts" in args:
         return [*qemu_io_args_no_fmt, *args]
-    return [*qemu_io_args, *args]
+    return [*qemu_io_args_no_fmt, "-f", imgfmt, *args]
 
 
 def qemu_io(*args: str, check: bool = True, combine_stdio: bool = True) -> ProcessResult:
@@ -409,10 +409,8 @@ class AbnormalShutdown(Exception):
 _REOPEN_ERROR_MAP: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^Invalid parameter type for 'options\[0\]\.(.*)', expected: (.*)$"),
      r"Invalid parameter type for '\1', expected: \2"),
-    (re.compile(r"^Parameter 'options\[0\]\.driver' does not accept value '(.*)'$"),
+    (re.compile(r"^Parameter '(?:options\[0\]\.)?driver' does not accept value '(.*)'$"),
      r"Invalid parameter '\1'"),
-    (re.compile(r"^Parameter 'options\[0\]\.(.*)' is missing$"),
-     r"Parameter '\1' is missing"),
 ]
 
 _live_vms: list[VM] = []
@@ -697,6 +695,8 @@ class VM:
             for pattern, repl in _REOPEN_ERROR_MAP:
                 if pattern.match(err["desc"]):
                     reply = {"error": {**err, "desc": pattern.sub(repl, err["desc"])}}
+                    logger.debug("QEMU 7.2 error text %r reported as 6.0's %r",
+                                 err["desc"], reply["error"]["desc"])
                     break
         return reply
 
