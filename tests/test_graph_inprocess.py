@@ -285,3 +285,40 @@ async def test_commit_like_implicit_filter(chain: Path) -> None:
     unfreeze_backing_chain(top, hd2)
     await release(g, top)
     await d.stop()
+
+
+@pytest.mark.parametrize("base", [None, "hd2"])
+async def test_after_stream(chain: Path, base: str | None) -> None:
+    """iotest 245 test_block_stream_1/2 after the job's graph change: hd1 left
+    the chain (hd0's header updated), hd0's old backing.* options no longer fit."""
+    from blockd.graph.backing import change_backing_file
+
+    d = Daemon()
+    opts = hd(chain, 0, backing=hd(chain, 1, backing=hd(chain, 2, backing=None)
+                                   if base else None))
+    await run(d, "blockdev-add", opts)
+    g = d.graph
+    hd0 = g.lookup("hd0")
+    assert hd0 is not None
+    new = g.lookup(base) if base else None
+    await change_backing_file(hd0, str(chain / f"{base}.img") if base else None,
+                              "qcow2" if base else None)
+    await set_backing(g, hd0, new)
+    assert g.lookup("hd1") is None
+    with pytest.raises(GenericError) as e:
+        await run(d, "x-blockdev-reopen", opts)
+    assert e.value.desc == "Cannot change the option 'backing.driver'"
+    if base is None:
+        await run(d, "x-blockdev-reopen", {k: v for k, v in opts.items() if k != "backing"})
+        await run(d, "x-blockdev-reopen", {**opts, "backing": None})
+    else:
+        fixed = {**opts, "backing": opts["backing"]["backing"]}
+        await run(d, "x-blockdev-reopen", fixed)
+        await run(d, "x-blockdev-reopen", {**fixed, "backing": "hd2"})
+        with pytest.raises(GenericError) as e:
+            await run(d, "x-blockdev-reopen",
+                      {k: v for k, v in opts.items() if k != "backing"})
+        assert e.value.desc == "backing is missing for 'hd0'"
+    await run(d, "blockdev-del", {"node-name": "hd0"})
+    assert len(g) == 0
+    await d.stop()

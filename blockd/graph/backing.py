@@ -226,3 +226,17 @@ async def release(graph: NodeRegistry, node: BlockNode) -> None:
 
     node.extra_refs -= 1
     await unref(graph, node)
+
+
+async def change_backing_file(
+    node: BlockNode, backing_file: str | None, backing_format: str | None
+) -> None:
+    """bdrv_change_backing_file(): rewrite the backing name in the image header
+    (formats that store one) and keep the node's view of it in step."""
+    change = getattr(node.driver, "change_backing_file", None)
+    if change is None:
+        raise GenericError("Operation not supported")
+    await change(backing_file, backing_format)
+    node.backing_file = backing_file or ""
+    node.backing_format = backing_format or ""
+    node.auto_backing_file = node.backing_file
