@@ -112,6 +112,11 @@ async def test_frozen_links(chain: Path) -> None:
     hd0, hd1 = g.lookup("hd0"), g.lookup("hd1")
     assert hd0 and hd1
     freeze_backing_chain(hd0, None)
+    # 245 test_block_commit_1: the deeper link is checked first.
+    with pytest.raises(GenericError) as e:
+        await run(d, "blockdev-reopen", {"options": [
+            hd(chain, 0, backing=hd(chain, 1, backing=None))]})
+    assert e.value.desc == "Cannot change frozen 'backing' link from 'hd1' to 'hd2'"
     with pytest.raises(GenericError) as e:
         await run(d, "blockdev-reopen", {"options": [hd(chain, 0, backing=None)]})
     assert e.value.desc == "Cannot change frozen 'backing' link from 'hd0' to 'hd1'"
