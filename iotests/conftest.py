@@ -1,0 +1,230 @@
+"""Collect the iotests (executables named by number, e.g. ``245``) for pytest.
+
+Each unittest method of an iotest becomes one pytest item, run in this process
+against a fresh VM exactly as ``check`` would run it; one more item per test
+(``<test>::output``) compares what the methods logged plus unittest's summary
+with the ``.out`` reference, as ``check`` does.  The image format is the first
+one the test's ``iotests.main(supported_fmts=...)`` names (or ``IMGFMT``).
+
+Methods that need blockd features still being built are marked
+``xfail(strict=True)`` in ``XFAIL`` below: they run, fail for the reason given,
+and turn into errors as soon as they pass, so the mark has to be removed.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.machinery
+import importlib.util
+import io
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import traceback
+import types
+import unittest
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import iotests  # noqa: E402  (needs HERE on sys.path)
+
+# Per VM kind: test -> method -> why it fails today.  The output item of a test
+# fails whenever one of its methods does, so it is listed too.
+_DEVICE_ADD = ("device_add (virtio-scsi with iothread, scsi-hd) is not implemented in "
+               "blockd yet; 245's iothread cases need it and the AioContext rules")
+_NODE_NAME_TEXT = ("blockd's x-blockdev-reopen without node-name says 'Node name not "
+                   "specified' (QEMU <= 5.2 text); QEMU 6.0 says 'node-name not specified' "
+                   "(blockd/graph/reopen.py)")
+XFAIL: dict[str, dict[str, dict[str, str]]] = {
+    "blockd": {
+        "245": {
+            "test_incorrect_parameters_single_file": _NODE_NAME_TEXT,
+            "test_iothreads_compatible_users": _DEVICE_ADD,
+            "test_iothreads_error": _DEVICE_ADD,
+            "test_iothreads_switch_backing": _DEVICE_ADD,
+            "test_iothreads_switch_overlay": _DEVICE_ADD,
+            "output": "the failing methods above change the unittest summary",
+        },
+    },
+    "qemu": {},
+}
+
+
+def _main_kwargs(path: Path) -> dict[str, Any]:
+    """The literal keyword arguments of the test's ``iotests.main(...)`` call."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "main" and isinstance(node.func.value, ast.Name) \
+                and node.func.value.id == "iotests":
+            out: dict[str, Any] = {}
+            for kw in node.keywords:
+                if kw.arg:
+                    try:
+                        out[kw.arg] = ast.literal_eval(kw.value)
+                    except ValueError:
+                        pass
+            return out
+    return {}
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.parent == HERE and re.fullmatch(r"\d+", file_path.name):
+        return IotestFile.from_parent(parent, path=file_path)
+    return None
+
+
+class IotestFailure(Exception):
+    """A unittest failure or error, with unittest's own traceback text."""
+
+
+class IotestFile(pytest.File):
+    """One iotest: its unittest methods plus the output comparison."""
+
+    module: types.ModuleType | None = None
+
+    def setup_config(self) -> tuple[str, str]:
+        kwargs = _main_kwargs(self.path)
+        fmts = list(kwargs.get("supported_fmts") or [])
+        fmt = os.environ.get("IMGFMT") or (fmts[0] if fmts and fmts[0] != "generic"
+                                           else "raw")
+        self.imgfmt = fmt
+        self.test_dir = tempfile.mkdtemp(prefix=f"iotest-{self.path.name}-")
+        self.logs: dict[str, str] = {}
+        self.outcomes: dict[str, str] = {}
+        self.notrun: str | None = None
+        if fmts and "generic" not in fmts and fmt not in fmts:
+            self.notrun = f"not suitable for this image format: {fmt}"
+        protos = list(kwargs.get("supported_protocols") or [])
+        if protos and "generic" not in protos and iotests.imgproto not in protos:
+            self.notrun = f"not suitable for this protocol: {iotests.imgproto}"
+        return fmt, self.test_dir
+
+    def apply_config(self) -> None:
+        """Point the shared iotests module at this test's format and scratch dir."""
+        iotests.imgfmt = self.imgfmt
+        iotests.test_dir = self.test_dir
+        iotests.output_dir = self.test_dir
+        iotests.seq = self.path.name
+
+    def collect(self) -> Iterator[pytest.Item]:
+        self.setup_config()
+        self.apply_config()
+        loader = importlib.machinery.SourceFileLoader(f"iotest_{self.path.name}",
+                                                      str(self.path))
+        spec = importlib.util.spec_from_loader(loader.name, loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        self.module = module
+        tl = unittest.TestLoader()
+        self.order: list[tuple[type[unittest.TestCase], str]] = []
+        for name in dir(module):  # unittest.main's order: classes, then methods, by name
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, unittest.TestCase) \
+                    and obj.__module__ == module.__name__:
+                self.order += [(obj, m) for m in tl.getTestCaseNames(obj)]
+        xfails = XFAIL.get(iotests.vm_kind, {}).get(self.path.name, {})
+        for cls, method in self.order:
+            item = IotestCase.from_parent(self, name=f"{cls.__name__}.{method}",
+                                          case_class=cls, method=method)
+            if method in xfails:
+                item.add_marker(pytest.mark.xfail(strict=True, reason=xfails[method]))
+            yield item
+        if (self.path.parent / f"{self.path.name}.out").exists():
+            out = IotestOutput.from_parent(self, name="output")
+            if "output" in xfails:
+                out.add_marker(pytest.mark.xfail(strict=True, reason=xfails["output"]))
+            yield out
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.test_dir, ignore_errors=True)
+
+
+class IotestCase(pytest.Item):
+    """One unittest method of an iotest, run with a fresh TestCase instance."""
+
+    def __init__(self, *, case_class: type[unittest.TestCase], method: str,
+                 **kw: Any) -> None:
+        super().__init__(**kw)
+        self.case_class, self.method = case_class, method
+
+    def runtest(self) -> None:
+        parent = self.parent
+        assert isinstance(parent, IotestFile)
+        if parent.notrun:
+            pytest.skip(parent.notrun)
+        parent.apply_config()
+        buf = io.StringIO()
+        handler = logging.StreamHandler(buf)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger = iotests.test_logger
+        saved = (logger.handlers[:], logger.level, logger.propagate)
+        logger.handlers, logger.propagate = [handler], False
+        logger.setLevel(logging.INFO)
+        result = unittest.TestResult()
+        try:
+            self.case_class(self.method).run(result)
+        finally:
+            logger.handlers, logger.level, logger.propagate = saved
+            parent.logs[self.method] = buf.getvalue()
+        if buf.getvalue():
+            sys.stdout.write(buf.getvalue())
+        problems = result.errors + result.failures
+        parent.outcomes[self.method] = (
+            "E" if result.errors else "F" if result.failures else
+            "s" if result.skipped else ".")
+        if problems:
+            raise IotestFailure("\n".join(text for _, text in problems))
+        if result.skipped:
+            pytest.skip(result.skipped[0][1])
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        if isinstance(excinfo.value, IotestFailure):
+            return str(excinfo.value)
+        return "".join(traceback.format_exception(excinfo.value))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.path.name}: {self.name}"
+
+
+class IotestOutput(pytest.Item):
+    """The test's whole output (log lines, then unittest's summary) against ``.out``."""
+
+    def runtest(self) -> None:
+        parent = self.parent
+        assert isinstance(parent, IotestFile)
+        if parent.notrun:
+            pytest.skip(parent.notrun)
+        names = [m for _, m in parent.order]
+        missing = [m for m in names if m not in parent.outcomes]
+        if missing:
+            pytest.skip(f"not every method ran in this session (e.g. {missing[0]})")
+        dots = "".join("." if parent.outcomes[m] == "s" else parent.outcomes[m]
+                       for m in names)
+        failures = dots.count("F")
+        errors = dots.count("E")
+        if failures or errors:
+            parts = [f"failures={failures}"] if failures else []
+            parts += [f"errors={errors}"] if errors else []
+            verdict = f"FAILED ({', '.join(parts)})"
+        else:
+            verdict = "OK"
+        output = "".join(parent.logs[m] for m in names) + \
+            f"{dots}\n{'-' * 70}\nRan {len(names)} tests\n\n{verdict}\n"
+        expected = (parent.path.parent / f"{parent.path.name}.out").read_text()
+        assert output == expected
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.path.name}: output"
