@@ -68,7 +68,15 @@ class Session:
     """One QMP connection; replies are returned, events queue up in order."""
 
     def __init__(self, proc: DaemonProcess, workdir: Path) -> None:
-        self.client = RawClient(proc.socket, negotiate=True, timeout=30)
+        # The socket file exists a moment before the daemon listens on it.
+        for attempt in range(100):
+            try:
+                self.client = RawClient(proc.socket, negotiate=True, timeout=30)
+                break
+            except ConnectionRefusedError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
         self.workdir = str(workdir)
         self.events: list[dict[str, Any]] = []
 

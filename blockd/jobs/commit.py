@@ -350,6 +350,14 @@ class CommitJob(BlockJob):
                 offset = await self._run_fast(top, base, length, offset)
         await base.flush()
 
+    async def _allocated(self, top: BlockDriver, base: BlockDriver, offset: int,
+                         n: int) -> tuple[bool, int]:
+        """is_allocated_above(); a failure counts as an error in the source."""
+        try:
+            return await is_allocated_above(top, base, offset, n)
+        except (OSError, GenericError) as e:
+            raise _SideError(True, e) from e
+
     async def _copy(self, top: BlockDriver, base: BlockDriver, offset: int, n: int) -> None:
         """One piece: read through top, write into base; errors say which side."""
         try:
@@ -377,14 +385,14 @@ class CommitJob(BlockJob):
         await self.ratelimit_sleep()
         if self.is_cancelled():
             return offset
-        allocated, n = await is_allocated_above(
-            top, base, offset, min(COMMIT_BUFFER_SIZE, length - offset))
-        if allocated:
-            try:
+        try:
+            allocated, n = await self._allocated(top, base, offset,
+                                                 min(COMMIT_BUFFER_SIZE, length - offset))
+            if allocated:
                 await self._copy(top, base, offset, n)
-            except _SideError as e:
-                self._handle_error(e)
-                return offset
+        except _SideError as e:
+            self._handle_error(e)
+            return offset
         self.progress_update(n)
         if allocated:
             self.ratelimit_delay(n)
@@ -402,8 +410,12 @@ class CommitJob(BlockJob):
                 await self.pause_point()
                 if self.is_cancelled():
                     break
-                allocated, n = await is_allocated_above(
-                    top, base, offset, min(FAST_CHUNK, length - offset))
+                try:
+                    allocated, n = await self._allocated(top, base, offset,
+                                                         min(FAST_CHUNK, length - offset))
+                except _SideError as e:
+                    failed = (offset, e)
+                    break
                 if allocated:
                     task = asyncio.ensure_future(self._copy(top, base, offset, n))
                     pending[task] = (offset, n)
@@ -428,6 +440,8 @@ class CommitJob(BlockJob):
         if failed is not None:
             self.progress_current = failed[0]
             self._handle_error(failed[1])
+            # Retrying (ignore/stop) yields first, as QEMU's loop sleeps.
+            await self.sleep_ns(0)
             return failed[0]
         return offset
 

@@ -330,7 +330,7 @@ class ActiveCommitJob(BlockJob):
                     if failure is not None:
                         break
                     if not self.speed:
-                        await self.pause_point()
+                        await self.sleep_ns(0)
                     continue
                 # Nothing in flight and nothing dirty: in sync.
                 if not dirty.count:
