@@ -6,6 +6,7 @@ A script is a list of steps:
 * ``("cmd", name, args)``: send, collect every line up to and including the reply;
 * ``("until", event, status)``: collect lines until that event arrives
   (``status`` narrows JOB_STATUS_CHANGE);
+* ``("until_total", event, status, n)``: until n such events in the transcript;
 * ``("sleep", seconds)``.
 
 ``$D`` in arguments is replaced by the image directory.  The transcript has
@@ -85,10 +86,11 @@ _AUTONAME = re.compile(r"#block\d+")
 class Session:
     """One daemon and a negotiated raw QMP connection, recording a transcript."""
 
-    def __init__(self, proc: DaemonProcess, d: Path) -> None:
+    def __init__(self, proc: DaemonProcess, d: Path, timeout: float = 20) -> None:
         self.proc = proc
         self.d = d
-        self.client = RawClient(proc.socket, negotiate=True, timeout=20)
+        self.timeout = timeout
+        self.client = RawClient(proc.socket, negotiate=True, timeout=timeout)
         self.lines: list[str] = []
 
     def _norm(self, raw: bytes) -> str:
@@ -97,7 +99,7 @@ class Session:
         return _AUTONAME.sub("#blockN", s)
 
     def _next(self) -> dict[str, Any]:
-        raw = self.client.line(timeout=20)
+        raw = self.client.line(timeout=self.timeout)
         self.lines.append(self._norm(raw))
         msg: dict[str, Any] = json.loads(raw)
         return msg
@@ -120,12 +122,21 @@ class Session:
             ):
                 return msg
 
+    def until_total(self, event: str, status: str, count: int) -> None:
+        """Until the transcript holds ``count`` such events in all (some may
+        have arrived while waiting for replies)."""
+        needle = f'"event": "{event}", "data": {{"status": "{status}"'
+        while sum(needle in line for line in self.lines) < count:
+            self._next()
+
     def run(self, script: list[Step]) -> list[str]:
         for step in script:
             if step[0] == "cmd":
                 self.cmd(step[1], step[2] if len(step) > 2 else None)
             elif step[0] == "until":
                 self.until(step[1], step[2] if len(step) > 2 else None)
+            elif step[0] == "until_total":
+                self.until_total(step[1], step[2], step[3])
             elif step[0] == "sleep":
                 time.sleep(step[1])
             else:
@@ -137,17 +148,20 @@ class Session:
         self.proc.stop()
 
 
-def run_both(tmp: Path, script: list[Step], setup: Any) -> dict[str, tuple[list[str], Path]]:
+def run_both(tmp: Path, script: list[Step], setup: Any,
+             timeout: float = 20) -> dict[str, tuple[list[str], Path]]:
     """Run ``script`` on QSD and on blockd over identical fresh images
     (``setup(dir)`` makes them).  Returns transcript and image dir per daemon."""
     out: dict[str, tuple[list[str], Path]] = {}
+    # Directory names of equal length: json: backing names embed the paths and
+    # QEMU's 1023-byte header limit must hit both runs alike.
     for which, start in (("qsd", start_qsd), ("blockd", start_blockd)):
-        d = tmp / which
+        d = tmp / ("qsd" if which == "qsd" else "bkd")
         if d.exists():
             shutil.rmtree(d)
         d.mkdir()
         setup(d)
-        s = Session(start(d), d)
+        s = Session(start(d), d, timeout)
         try:
             lines = s.run(script)
         finally:

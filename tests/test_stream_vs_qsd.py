@@ -222,7 +222,7 @@ def test_stream_on_error_stop_cancel_force(tmp_path: Path) -> None:
         ("cmd", "block-job-cancel", {"device": "s0", "force": True}),
         ("until", "JOB_STATUS_CHANGE", "null"),
     ]
-    _check(run_both(tmp_path, script, _setup))
+    _check(run_both(tmp_path, script, _setup, timeout=5))
 
 
 @_NO_EVENTS
@@ -236,7 +236,7 @@ def test_stream_on_error_stop_resume(tmp_path: Path) -> None:
         ("until", "JOB_STATUS_CHANGE", "null"),
         NODES,
     ]
-    _check(run_both(tmp_path, script, _setup))
+    _check(run_both(tmp_path, script, _setup, timeout=5))
 
 
 @_NO_EVENTS
