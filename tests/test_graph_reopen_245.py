@@ -137,7 +137,7 @@ def test_incorrect_parameters_single_file(env: Env) -> None:
     env.reopen(opts, {"file.filename": None},
                "Invalid parameter type for 'file.filename', expected: string")
     del opts["node-name"]
-    env.reopen(opts, {}, "Node name not specified")
+    env.reopen(opts, {}, "node-name not specified")
     assert env.graph() == original_graph
     env.delete("hd0")
 

@@ -146,13 +146,16 @@ def queue_child(
 async def reopen_multiple(
     graph: NodeRegistry, items: list[dict[str, Any]], compat: str = "7.2"
 ) -> None:
-    """qmp_blockdev_reopen(): queue every item, then reopen all atomically."""
+    """qmp_blockdev_reopen(): queue every item, then reopen all atomically.
+
+    ``compat`` names the command's QEMU version ("6.0" for x-blockdev-reopen);
+    the engine's texts are the same for both."""
     queue: list[Entry] = []
     for item in items:
         if "node-name" not in item:
-            raise GenericError(
-                "Node name not specified" if compat == "6.0" else "node-name not specified"
-            )
+            # Both 6.0's x-blockdev-reopen and 7.2's blockdev-reopen say this
+            # (iotest 245 at the seed revision expects it from x-blockdev-reopen).
+            raise GenericError("node-name not specified")
         name = str(item["node-name"])
         node = graph.lookup(name)
         if node is None:
