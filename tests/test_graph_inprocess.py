@@ -64,7 +64,9 @@ async def test_inline_chain_edges_and_inheritance(chain: Path) -> None:
     assert hd0 and hd1 and hd2
     # QEMU's list order: the most recently attached child first.
     assert [c.name for c in hd0.children] == ["backing", "file"]
-    assert hd0.driver.backing is hd1.driver and hd0.driver.file is g.lookup("hd0-file").driver
+    hd0_file = g.lookup("hd0-file")
+    assert hd0_file is not None
+    assert hd0.driver.backing is hd1.driver and hd0.driver.file is hd0_file.driver
     assert hd1.inherits_from is hd0 and hd2.inherits_from is hd1
     assert hd0.monitor_owned and not hd1.monitor_owned
     # Backing files are read-only by default.
