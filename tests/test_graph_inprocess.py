@@ -329,3 +329,37 @@ async def test_after_stream(chain: Path, base: str | None) -> None:
     await run(d, "blockdev-del", {"node-name": "hd0"})
     assert len(g) == 0
     await d.stop()
+
+
+async def test_anonymous_backend_like_hmp_qemu_io(chain: Path) -> None:
+    """The texts qemu-system-x86_64 7.2's HMP qemu-io gives (measured): a write
+    through the file under a read-write qcow2 node conflicts, a read-only node
+    refuses writers; nothing stays changed afterwards."""
+    from blockd.graph.users import AnonymousBackend
+
+    d = Daemon()
+    await run(d, "blockdev-add", hd(chain, 2, backing=None))
+    g = d.graph
+    hd2, hd2_file = g.lookup("hd2"), g.lookup("hd2-file")
+    assert hd2 is not None and hd2_file is not None
+    before = graph_snapshot(g)
+    be = AnonymousBackend(hd2_file)
+    with pytest.raises(GenericError) as e:
+        be.request(write=True)
+    assert e.value.desc == (
+        "Permission conflict on node 'hd2-file': permissions 'write' are both required by "
+        "an unnamed block device (uses node 'hd2-file' as 'root' child) and unshared by "
+        "node 'hd2' (uses node 'hd2-file' as 'file' child).")
+    be.close()
+    be = AnonymousBackend(hd2)
+    be.request(write=True)
+    assert check_graph(g) == []
+    be.close()
+    assert graph_snapshot(g) == before
+    await run(d, "blockdev-reopen", {"options": [hd(chain, 2, backing=None,
+                                                    **{"read-only": True})]})
+    be = AnonymousBackend(hd2)
+    with pytest.raises(GenericError, match=r"^Block node is read-only$"):
+        be.request(write=True)
+    be.close()
+    await d.stop()

@@ -53,3 +53,35 @@ def detach_user(c: BdrvChild) -> None:
     detach_child(c)
     if not node.closed:
         permissions.refresh([node])
+
+
+class AnonymousBackend:
+    """An unnamed BlockBackend on a node, as HMP ``qemu-io NODE "CMD"`` creates
+    one (hmp_qemu_io: no permissions, everything shared), growing its
+    permissions when a command needs them (qemu-io's ``ct->perm``)::
+
+        be = AnonymousBackend(node)
+        try:
+            be.request(write=True)   # GenericError with QEMU's text if refused
+            ...                      # run the command on node.driver
+        finally:
+            be.close()
+    """
+
+    DESC = "an unnamed block device"
+
+    def __init__(self, node: BlockNode) -> None:
+        self.edge = attach_user(node, "root", 0, BLK_PERM_ALL, self.DESC)
+
+    def request(self, write: bool = False, resize: bool = False) -> None:
+        """Add WRITE/RESIZE (blk_set_perm); "Block node is read-only" or the
+        permission conflict naming "an unnamed block device" when refused."""
+        from blockd.drivers.locking import BLK_PERM_RESIZE, BLK_PERM_WRITE
+
+        want = self.edge.perm | (BLK_PERM_WRITE if write else 0) | (
+            BLK_PERM_RESIZE if resize else 0)
+        if want != self.edge.perm:
+            set_user_perms(self.edge, want, self.edge.shared_perm)
+
+    def close(self) -> None:
+        detach_user(self.edge)
