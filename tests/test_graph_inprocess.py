@@ -363,3 +363,32 @@ async def test_anonymous_backend_like_hmp_qemu_io(chain: Path) -> None:
         be.request(write=True)
     be.close()
     await d.stop()
+
+
+async def test_replaced_implicit_file_is_closed(chain: Path, qemu_img: str) -> None:
+    """A child opened inline and replaced by reopen closes (its lock goes); a
+    failed replacement keeps it."""
+    subprocess.run([qemu_img, "create", "-q", "-f", "raw", str(chain / "r.img"), "1M"],
+                   check=True)
+    d = Daemon()
+    raw = {"driver": "raw", "node-name": "r",
+           "file": {"driver": "file", "node-name": "r-file", "filename": str(chain / "r.img")}}
+    await run(d, "blockdev-add", raw)
+    await run(d, "blockdev-add", {"driver": "file", "node-name": "other",
+                                  "filename": str(chain / "hd2.img")})
+    await run(d, "blockdev-add", {"driver": "null-co", "node-name": "n"})
+    g = d.graph
+    old = g.lookup("r-file")
+    assert old is not None
+    with pytest.raises(GenericError):
+        # raw's "size" larger than the new file: refused, nothing changes.
+        await run(d, "x-blockdev-reopen", {**raw, "file": "other", "size": 1 << 40})
+    assert g.lookup("r-file") is old and not old.closed
+    await run(d, "x-blockdev-reopen", {**raw, "file": "other"})
+    assert g.lookup("r-file") is None and old.closed
+    r = g.lookup("r")
+    assert r is not None and r.driver.file is g.lookup("other").driver  # type: ignore[union-attr]
+    # Nodes the monitor added stay when dropped.
+    await run(d, "x-blockdev-reopen", {**raw, "file": "n"})
+    assert g.lookup("other") is not None
+    await d.stop()
