@@ -553,6 +553,13 @@ class VM:
         try:
             self._qmp.accept(self._qmp_timer)
         except Exception as exc:
+            # A daemon that rejects its command line may have connected (and
+            # closed) before printing why: let it finish its message first.
+            try:
+                assert self._popen is not None
+                self._popen.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
             self._stop_process(kill=True)
             self._post_shutdown()
             raise VMLaunchFailure(self.exitcode(), shlex.join(self._command),
@@ -719,7 +726,7 @@ class VM:
         return result
 
     def hmp(self, command_line: str, use_log: bool = False) -> QMPMessage:
-        args = {"command-line": command_line}
+        args: dict[str, Any] = {"command-line": command_line}
         if use_log:
             return self.qmp_log("human-monitor-command", **args)
         return self.qmp("human-monitor-command", args_dict=args)
@@ -913,7 +920,7 @@ class QMPTestCase(unittest.TestCase):
         """``a/b[0]/c`` inside ``d``; fails the test when a component is missing."""
         for component in path.split("/"):
             m = _INDEX_RE.match(component)
-            idx = None
+            idx = 0
             if m:
                 component, idx_s = m.groups()
                 idx = int(idx_s)
@@ -977,17 +984,17 @@ class QMPTestCase(unittest.TestCase):
         if resume:
             self.vm.resume_drive(drive)
         cancelled = False
-        result = None
+        event_seen: QMPMessage | None = None
         while not cancelled:
             for event in self.vm.get_qmp_events(wait=wait):
                 if event["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
                     self.assert_qmp(event, "data/device", drive)
-                    result = event
+                    event_seen = event
                     cancelled = True
                 elif event["event"] == "JOB_STATUS_CHANGE":
                     self.assert_qmp(event, "data/id", drive)
         self.assert_no_active_block_jobs()
-        return result
+        return event_seen
 
     def wait_until_completed(self, drive: str = "drive0", check_offset: bool = True,
                              wait: float = 60.0, error: str | None = None) -> QMPMessage:
@@ -1242,7 +1249,7 @@ def execute_unittest(argv: list[str], debug: bool = False) -> None:
     output: Any = sys.stdout if debug else io.StringIO()
     runner = unittest.TextTestRunner(stream=output, descriptions=True,
                                      verbosity=2 if debug else 1,
-                                     resultclass=_ReproducibleResult)
+                                     resultclass=_ReproducibleResult)  # type: ignore[arg-type]
     try:
         unittest.main(testRunner=runner, argv=argv)
     finally:
