@@ -39,7 +39,6 @@ if str(HERE) not in sys.path:
 import iotests  # noqa: E402  (needs HERE on sys.path)
 
 
-
 def _yield_conftest_name() -> None:
     """Give the module name ``conftest`` back to tests/conftest.py.
 
