@@ -62,13 +62,9 @@ def pytest_configure(config: pytest.Config) -> None:
 # fails whenever one of its methods does, so it is listed too.
 _DEVICE_ADD = ("device_add (virtio-scsi with iothread, scsi-hd) is not implemented in "
                "blockd yet; 245's iothread cases need it and the AioContext rules")
-_NODE_NAME_TEXT = ("blockd's x-blockdev-reopen without node-name says 'Node name not "
-                   "specified' (QEMU <= 5.2 text); QEMU 6.0 says 'node-name not specified' "
-                   "(blockd/graph/reopen.py)")
 XFAIL: dict[str, dict[str, dict[str, str]]] = {
     "blockd": {
         "245": {
-            "test_incorrect_parameters_single_file": _NODE_NAME_TEXT,
             "test_iothreads_compatible_users": _DEVICE_ADD,
             "test_iothreads_error": _DEVICE_ADD,
             "test_iothreads_switch_backing": _DEVICE_ADD,
@@ -109,34 +105,67 @@ class IotestFailure(Exception):
     """A unittest failure or error, with unittest's own traceback text."""
 
 
+def _variants() -> list[str]:
+    """VM kinds to run: both, unless ``IOTESTS_VM`` picks one."""
+    chosen = os.environ.get("IOTESTS_VM")
+    return [chosen] if chosen else ["blockd", "qemu"]
+
+
+class Variant:
+    """One way of running a test: the VM kind with its tools, and what it produced."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.logs: dict[str, str] = {}
+        self.outcomes: dict[str, str] = {}
+        if kind == "qemu":
+            # The reference run: real QEMU as the VM and as the image tools.
+            self.img = os.environ.get("IOTESTS_QEMU_IMG") or "qemu-img"
+            self.io = os.environ.get("IOTESTS_QEMU_IO") or "qemu-io"
+        else:
+            self.img, self.io = iotests.qemu_img_prog, iotests.qemu_io_prog
+
+    def require(self) -> None:
+        """Real QEMU binaries must exist: skip locally, fail in CI (as tests/conftest.py)."""
+        if self.kind != "qemu":
+            return
+        for tool in (iotests.qemu_prog, self.img, self.io):
+            if shutil.which(tool) is None:
+                if os.environ.get("CI") == "true":
+                    pytest.fail(f"{tool} is required in CI")
+                pytest.skip(f"{tool} not installed")
+
+
 class IotestFile(pytest.File):
-    """One iotest: its unittest methods plus the output comparison."""
+    """One iotest: its unittest methods plus the output comparison, per VM kind."""
 
     module: types.ModuleType | None = None
 
-    def setup_config(self) -> tuple[str, str]:
+    def setup_config(self) -> None:
         kwargs = _main_kwargs(self.path)
         fmts = list(kwargs.get("supported_fmts") or [])
         fmt = os.environ.get("IMGFMT") or (fmts[0] if fmts and fmts[0] != "generic"
                                            else "raw")
         self.imgfmt = fmt
         self.test_dir = tempfile.mkdtemp(prefix=f"iotest-{self.path.name}-")
-        self.logs: dict[str, str] = {}
-        self.outcomes: dict[str, str] = {}
         self.notrun: str | None = None
         if fmts and "generic" not in fmts and fmt not in fmts:
             self.notrun = f"not suitable for this image format: {fmt}"
         protos = list(kwargs.get("supported_protocols") or [])
         if protos and "generic" not in protos and iotests.imgproto not in protos:
             self.notrun = f"not suitable for this protocol: {iotests.imgproto}"
-        return fmt, self.test_dir
 
-    def apply_config(self) -> None:
-        """Point the shared iotests module at this test's format and scratch dir."""
+    def apply_config(self, variant: Variant | None = None) -> None:
+        """Point the shared iotests module at this test's format, scratch dir and VM."""
         iotests.imgfmt = self.imgfmt
         iotests.test_dir = self.test_dir
         iotests.output_dir = self.test_dir
         iotests.seq = self.path.name
+        if variant is not None:
+            iotests.vm_kind = variant.kind
+            iotests.qemu_img_prog, iotests.qemu_io_prog = variant.img, variant.io
+            iotests.qemu_img_args[0] = variant.img
+            iotests.qemu_io_args_no_fmt[0] = variant.io
 
     def collect(self) -> Iterator[pytest.Item]:
         self.setup_config()
@@ -155,18 +184,26 @@ class IotestFile(pytest.File):
             if isinstance(obj, type) and issubclass(obj, unittest.TestCase) \
                     and obj.__module__ == module.__name__:
                 self.order += [(obj, m) for m in tl.getTestCaseNames(obj)]
-        xfails = XFAIL.get(iotests.vm_kind, {}).get(self.path.name, {})
-        for cls, method in self.order:
-            item = IotestCase.from_parent(self, name=f"{cls.__name__}.{method}",
-                                          case_class=cls, method=method)
-            if method in xfails:
-                item.add_marker(pytest.mark.xfail(strict=True, reason=xfails[method]))
-            yield item
-        if (self.path.parent / f"{self.path.name}.out").exists():
-            out = IotestOutput.from_parent(self, name="output")
-            if "output" in xfails:
-                out.add_marker(pytest.mark.xfail(strict=True, reason=xfails["output"]))
-            yield out
+        has_out = (self.path.parent / f"{self.path.name}.out").exists()
+        for kind in _variants():
+            variant = Variant(kind)
+            xfails = XFAIL.get(kind, {}).get(self.path.name, {})
+            marks = [pytest.mark.qemu] if kind == "qemu" else []
+            for cls, method in self.order:
+                item = IotestCase.from_parent(self, name=f"{cls.__name__}.{method}[{kind}]",
+                                              case_class=cls, method=method, variant=variant)
+                for mark in marks:
+                    item.add_marker(mark)
+                if method in xfails:
+                    item.add_marker(pytest.mark.xfail(strict=True, reason=xfails[method]))
+                yield item
+            if has_out:
+                out = IotestOutput.from_parent(self, name=f"output[{kind}]", variant=variant)
+                for mark in marks:
+                    out.add_marker(mark)
+                if "output" in xfails:
+                    out.add_marker(pytest.mark.xfail(strict=True, reason=xfails["output"]))
+                yield out
 
     def teardown(self) -> None:
         shutil.rmtree(self.test_dir, ignore_errors=True)
@@ -176,16 +213,17 @@ class IotestCase(pytest.Item):
     """One unittest method of an iotest, run with a fresh TestCase instance."""
 
     def __init__(self, *, case_class: type[unittest.TestCase], method: str,
-                 **kw: Any) -> None:
+                 variant: Variant, **kw: Any) -> None:
         super().__init__(**kw)
-        self.case_class, self.method = case_class, method
+        self.case_class, self.method, self.variant = case_class, method, variant
 
     def runtest(self) -> None:
         parent = self.parent
         assert isinstance(parent, IotestFile)
         if parent.notrun:
             pytest.skip(parent.notrun)
-        parent.apply_config()
+        self.variant.require()
+        parent.apply_config(self.variant)
         buf = io.StringIO()
         handler = logging.StreamHandler(buf)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -198,11 +236,11 @@ class IotestCase(pytest.Item):
             self.case_class(self.method).run(result)
         finally:
             logger.handlers, logger.level, logger.propagate = saved
-            parent.logs[self.method] = buf.getvalue()
+            self.variant.logs[self.method] = buf.getvalue()
         if buf.getvalue():
             sys.stdout.write(buf.getvalue())
         problems = result.errors + result.failures
-        parent.outcomes[self.method] = (
+        self.variant.outcomes[self.method] = (
             "E" if result.errors else "F" if result.failures else
             "s" if result.skipped else ".")
         if problems:
@@ -223,17 +261,22 @@ class IotestCase(pytest.Item):
 class IotestOutput(pytest.Item):
     """The test's whole output (log lines, then unittest's summary) against ``.out``."""
 
+    def __init__(self, *, variant: Variant, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.variant = variant
+
     def runtest(self) -> None:
         parent = self.parent
         assert isinstance(parent, IotestFile)
         if parent.notrun:
             pytest.skip(parent.notrun)
+        self.variant.require()
         names = [m for _, m in parent.order]
-        missing = [m for m in names if m not in parent.outcomes]
+        outcomes, logs = self.variant.outcomes, self.variant.logs
+        missing = [m for m in names if m not in outcomes]
         if missing:
             pytest.skip(f"not every method ran in this session (e.g. {missing[0]})")
-        dots = "".join("." if parent.outcomes[m] == "s" else parent.outcomes[m]
-                       for m in names)
+        dots = "".join("." if outcomes[m] == "s" else outcomes[m] for m in names)
         failures = dots.count("F")
         errors = dots.count("E")
         if failures or errors:
@@ -242,10 +285,10 @@ class IotestOutput(pytest.Item):
             verdict = f"FAILED ({', '.join(parts)})"
         else:
             verdict = "OK"
-        output = "".join(parent.logs[m] for m in names) + \
+        output = "".join(logs[m] for m in names) + \
             f"{dots}\n{'-' * 70}\nRan {len(names)} tests\n\n{verdict}\n"
         expected = (parent.path.parent / f"{parent.path.name}.out").read_text()
         assert output == expected
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"{self.path.name}: output"
+        return self.path, 0, f"{self.path.name}: {self.name}"
