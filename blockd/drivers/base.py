@@ -311,6 +311,19 @@ class BlockDriver(abc.ABC):
         """ImageInfoSpecific ``data`` for query-block/info, None when the format has none."""
         return None
 
+    async def write_many(
+        self, writes: list[tuple[int, bytes | bytearray | memoryview]]
+    ) -> None:
+        """Write ``(offset, data)`` pieces in order, each once the previous completed.
+
+        For dependent writes (a format's data, then the table entry naming it):
+        protocol drivers override it to do the whole chain in one host I/O job
+        instead of one thread-pool round trip per piece.  A failure stops the
+        chain: earlier pieces are written, later ones are not attempted.
+        """
+        for offset, data in writes:
+            await self.write(offset, data)
+
 
 # --- registry -----------------------------------------------------------------
 

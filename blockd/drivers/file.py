@@ -27,6 +27,7 @@ from blockd.drivers.base import (
     run_io,
 )
 from blockd.drivers.locking import ImageLock, ofd_locks_supported
+from blockd.io.executor import io_pool
 from blockd.qmp.errors import GenericError
 
 # fallocate(2) modes (linux/falloc.h)
@@ -323,6 +324,46 @@ class FileDriver(BlockDriver):
                     await run_io(self._write_direct_aligned, cur, start)
         if fua:
             await self.flush()
+
+    def _pwrite_chain(self, writes: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        for offset, data in writes:
+            self._pwrite_all(data, offset)
+
+    def _write_direct_chain(
+        self, writes: list[tuple[int, bytes | bytearray | memoryview]]
+    ) -> None:
+        a = self.request_alignment
+        for offset, data in writes:
+            if offset % a == 0 and len(data) % a == 0:
+                self._write_direct_aligned(data, offset)
+                continue
+            # Read-modify-write of the covering aligned span (the caller holds
+            # the RMW lock).
+            start, end = self._aligned_span(offset, len(data))
+            cur = bytearray(self._read_direct(start, end - start))
+            cur[offset - start : offset - start + len(data)] = data
+            self._write_direct_aligned(cur, start)
+
+    async def write_many(self, writes: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        """The ordered chain in one pool job: pwrite() returns only once the data
+        is in the page cache, so each piece reaches the file before the next is
+        issued, which is the order a killed process leaves behind.
+
+        Once started the chain runs to its end: a cancellation is raised only
+        after it is over, so callers never settle metadata while it still runs.
+        """
+        if not writes:
+            return
+        self._write_gen += 1
+        if not self.flags.cache_direct:
+            await io_pool().run_to_end(self._pwrite_chain, writes)
+            return
+        a = self.request_alignment
+        if all(off % a == 0 and len(data) % a == 0 for off, data in writes):
+            await io_pool().run_to_end(self._write_direct_chain, writes)
+            return
+        async with self._rmw_lock:
+            await io_pool().run_to_end(self._write_direct_chain, writes)
 
     def _write_zeroes_sync(self, offset: int, length: int, may_unmap: bool) -> None:
         if may_unmap and self._can_punch_hole and offset + length <= self._size():

@@ -34,6 +34,7 @@ from blockd.drivers.base import (
     OpenFlags,
     register_driver,
 )
+from blockd.drivers.file import FileDriver
 from blockd.qmp.errors import GenericError
 
 from . import header as H
@@ -899,13 +900,16 @@ class Qcow2Driver(BlockDriver):
         entries: list[int],
         bitmaps: list[int] | None = None,
         fresh_bitmap: int = BITMAP_ALL_ALLOC,
+        *,
+        to_disk: bool = True,
     ) -> None:
         """Write L2 entries for consecutive clusters from offset (one slice).
 
         With extended L2 entries, ``bitmaps`` gives the subcluster bitmaps; by
         default an unchanged entry keeps its bitmap, a new data cluster gets
         ``fresh_bitmap`` (all subclusters allocated; preallocation: none) and
-        anything else has none.
+        anything else has none.  ``to_disk=False`` only updates the cache (the
+        caller already wrote the same bytes).
         """
         l1_idx, l2_idx = self._split(offset)
         l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
@@ -914,7 +918,8 @@ class Qcow2Driver(BlockDriver):
         n = len(entries)
         if not self.extl2:
             struct.pack_into(f">{n}Q", slc, i * 8, *entries)
-            await self._pwrite(host + i * 8, bytes(slc[i * 8 : (i + n) * 8]))
+            if to_disk:
+                await self._pwrite(host + i * 8, bytes(slc[i * 8 : (i + n) * 8]))
             return
         old = struct.unpack_from(f">{2 * n}Q", slc, i * 16)
         flat: list[int] = []
@@ -929,7 +934,8 @@ class Qcow2Driver(BlockDriver):
                 bm = 0
             flat += [e, bm]
         struct.pack_into(f">{2 * n}Q", slc, i * 16, *flat)
-        await self._pwrite(host + i * 16, bytes(slc[i * 16 : (i + n) * 16]))
+        if to_disk:
+            await self._pwrite(host + i * 16, bytes(slc[i * 16 : (i + n) * 16]))
 
     async def _free(self, host: int, length: int, kind: str) -> None:
         """Drop one reference on the clusters of [host, host+length).
@@ -1133,48 +1139,137 @@ class Qcow2Driver(BlockDriver):
         return plan
 
     async def _alloc_finish(self, plan: _AllocPlan, data: memoryview) -> None:
-        """Second half: data (completed from the old content of partial clusters)
-        goes to the new clusters in one write outside the lock; then, under the
-        lock, the L2 entries switch over and the old clusters lose a reference."""
+        """Second half: the data (completed from the old content of partial
+        clusters) and then the L2 entries naming it go to the file as one ordered
+        chain outside the lock (one host I/O job on the file driver); then, under
+        the lock, the cached L2 slice learns the new entries and the old clusters
+        lose a reference.  The guest clusters stay reserved (``plan``) until the
+        outcome is settled, so nothing else touches these entries meanwhile."""
         cs = self.cluster_size
         n = plan.c1 - plan.c0 + 1
-        ok = False
+        guest = plan.c0 << self.cluster_bits
+        entries = [(plan.host + i * cs) | OFLAG_COPIED for i in range(n)]
+        bitmaps = [BITMAP_ALL_ALLOC] * n if self.extl2 else None
+        # What the L2 entries on disk are: the new ones (True), still the old
+        # ones (False) or, after a failed write, unclear ("unknown").
+        linked: bool | str = False
         try:
-            buf = bytearray(n * cs)
-            head = plan.offset - (plan.c0 << self.cluster_bits)
+            head = plan.offset - guest
             tail = ((plan.c1 + 1) << self.cluster_bits) - (plan.offset + len(data))
-            bms = plan.old_bitmaps or [0] * n
-            if head:
-                buf[:cs] = await self._old_cluster(
-                    plan.c0 << self.cluster_bits, plan.old[0], bms[0]
-                )
-            if tail and (n > 1 or not head):
-                buf[(n - 1) * cs :] = await self._old_cluster(
-                    plan.c1 << self.cluster_bits, plan.old[-1], bms[-1]
-                )
-            buf[head : head + len(data)] = data
-            await self._check_overlap(plan.host, len(buf))
-            await self._pwrite(plan.host, buf)
-            ok = True
+            payload: bytearray | memoryview
+            if head or tail:
+                buf = bytearray(n * cs)
+                bms = plan.old_bitmaps or [0] * n
+                if head:
+                    buf[:cs] = await self._old_cluster(guest, plan.old[0], bms[0])
+                if tail and (n > 1 or not head):
+                    buf[(n - 1) * cs :] = await self._old_cluster(
+                        plan.c1 << self.cluster_bits, plan.old[-1], bms[-1]
+                    )
+                buf[head : head + len(data)] = data
+                payload = buf
+            else:
+                payload = data
+            await self._check_overlap(plan.host, n * cs)
+            self._check_metadata_write(plan.host)
+            l2_at, l2_bytes = self._l2_piece(guest, entries, bitmaps)
+            self._check_metadata_write(l2_at)
+            # Refcount raises outside the reserve must be stable before the L2
+            # entry goes out (the reserve itself already is, see _alloc).
+            await self._dependency_barrier()
+            _, old_l2 = self._l2_piece(guest, plan.old, plan.old_bitmaps)
+            linked, err = await self._run_chain(
+                [(plan.host, payload), (l2_at, l2_bytes)], old_l2
+            )
+            end = plan.host + n * cs
+            if end > self._file_len:
+                self._file_len = end
+            if err is not None:
+                raise err
         finally:
             self._io_end()
             async with self._lock:
                 try:
-                    if ok:
-                        await self._dependency_barrier()
-                        await self._set_entries(
-                            plan.c0 << self.cluster_bits,
-                            [(plan.host + i * cs) | OFLAG_COPIED for i in range(n)],
-                            [BITMAP_ALL_ALLOC] * n if self.extl2 else None,
-                        )
+                    if linked is True:
+                        await self._set_entries(guest, entries, bitmaps, to_disk=False)
                         for e in plan.old:
                             await self._free_entry(e, DISCARD_OTHER)
-                    else:
+                    elif linked is False:
                         # Never referenced: give the clusters back.
                         await self._free(plan.host, n * cs, DISCARD_NEVER)
+                    else:
+                        # Whatever the file holds now is what the cache must show;
+                        # the new clusters stay allocated (a leak at worst).
+                        self.l2cache.drop_range(*self._l2_piece_range(guest, n))
                 finally:
                     self._allocs.remove(plan)
                     plan.done.set()
+
+    def _check_metadata_write(self, offset: int) -> None:
+        """What _pwrite checks before any write (read-only, header cluster)."""
+        if self.read_only:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        if offset < self.cluster_size:
+            raise _eio()
+
+    def _l2_piece_range(self, offset: int, n: int) -> tuple[int, int]:
+        """Host (offset, length) of the L2 entries of n clusters from guest offset."""
+        l1_idx, l2_idx = self._split(offset)
+        l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
+        return l2_off + l2_idx * self.l2_entry_size, n * self.l2_entry_size
+
+    def _l2_piece(
+        self, offset: int, entries: list[int], bitmaps: list[int] | None
+    ) -> tuple[int, bytes]:
+        """Host offset and on-disk bytes of new L2 entries (with their bitmaps)."""
+        at, _ = self._l2_piece_range(offset, len(entries))
+        if bitmaps is None:
+            return at, struct.pack(f">{len(entries)}Q", *entries)
+        flat = [v for pair in zip(entries, bitmaps, strict=True) for v in pair]
+        return at, struct.pack(f">{len(flat)}Q", *flat)
+
+    async def _run_chain(
+        self, chain: list[tuple[int, bytes | bytearray | memoryview]], old_l2: bytes
+    ) -> tuple[bool | str, BaseException | None]:
+        """Write data then its L2 entries in order: (outcome, error to raise).
+
+        The outcome says what the L2 entries on disk are: True the new ones (the
+        last piece of the chain), False still ``old_l2``, "unknown" anything else
+        (read back after a failure).  A cancellation does not abandon the chain
+        half way: it is waited for, settled, and the cancellation raised after.
+        """
+        f = self._f
+        err: BaseException | None = None
+        if isinstance(f, FileDriver):
+            # The file driver's chain always runs to its end before raising.
+            try:
+                await f.write_many(chain)
+                return True, None
+            except BaseException as e:
+                err = e
+        else:
+            task = asyncio.ensure_future(f.write_many(chain))
+            cancelled = False
+            while not task.done():
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    cancelled = cancelled or not task.done()
+                except Exception:
+                    break
+            err = asyncio.CancelledError() if task.cancelled() else task.exception()
+            if err is None and not cancelled:
+                return True, None
+            if cancelled:
+                err = asyncio.CancelledError()
+        at, new = chain[-1]
+        try:
+            disk = await self._pread(at, len(new))
+        except Exception:
+            return "unknown", err
+        if disk == bytes(new):
+            return True, err
+        return (False if disk == old_l2 else "unknown"), err
 
     async def _write_compressed(self, offset: int, mv: memoryview) -> None:
         cs = self.cluster_size
