@@ -161,6 +161,8 @@ def test_stream_speed_pause_resume_cancel(tmp_path: Path) -> None:
         ("cmd", "block-job-resume", {"device": "s0"}),
         ("cmd", "block-job-resume", {"device": "s0"}),
         ("cmd", "block-job-set-speed", {"device": "s0", "speed": -5}),
+        # The resumed job copies one more chunk: cancel it asleep, not mid-copy.
+        ("sleep", 0.3),
         ("cmd", "block-job-cancel", {"device": "s0"}),
         ("cmd", "query-jobs"),
         ("cmd", "job-dismiss", {"id": "s0"}),

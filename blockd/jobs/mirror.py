@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 # under a speed limit (MAX_IO_BYTES), bigger without one.
 BUF_SIZE = 16 * 1024 * 1024
 MAX_IO_BYTES = 1024 * 1024
-FAST_IO_BYTES = 4 * 1024 * 1024
+FAST_IO_BYTES = 8 * 1024 * 1024
 
 
 class DirtyMap:
@@ -354,7 +354,6 @@ class ActiveCommitJob(BlockJob):
         if failure is not None:
             assert isinstance(failure, _CopyError)
             raise JobFailed(-errno_of(failure.cause))
-        await base.flush()
 
     def _issue(self, tasks: dict[asyncio.Task[None], tuple[int, int]], top: BlockDriver,
                base: BlockDriver, run: tuple[int, int], piece: int) -> None:
@@ -437,7 +436,6 @@ class ActiveCommitJob(BlockJob):
         pivot = self.should_complete and not abort
         if pivot:
             await self._sync_rest()
-            await self.base.driver.flush()
         if self.tracker is not None:
             self.tracker.remove()
         if isinstance(mt.driver, MirrorTopDriver):

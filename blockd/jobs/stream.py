@@ -19,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+from dataclasses import dataclass
 from typing import Any
 
-from blockd.drivers.base import BlockDriver, BlockStatusFlag, is_allocated_above
+from blockd.drivers.base import BlockDriver, BlockStatusFlag, run_io
+from blockd.drivers.file import FileDriver
 from blockd.drivers.locking import (
     BLK_PERM_ALL,
     BLK_PERM_CONSISTENT_READ,
@@ -50,7 +53,7 @@ log = logging.getLogger(__name__)
 # QEMU's STREAM_CHUNK: request size when rate limited (and progress granularity).
 STREAM_CHUNK = 512 * 1024
 # Unlimited speed: large requests, several in flight.
-BIG_CHUNK = 8 * 1024 * 1024
+BIG_CHUNK = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 4
 _ZEROES = bytes(BIG_CHUNK)
 
@@ -101,21 +104,55 @@ class StreamJob(BlockJob):
         c = self.base_overlay.child("backing")
         return c.child.driver if c is not None else None
 
-    async def _copy(self, top: BlockDriver, offset: int, length: int) -> None:
-        """Read the range through the chain and write it into the top, skipping
-        any part a guest wrote meanwhile (it is allocated in the top now)."""
-        data = await top.read(offset, length)
-        mv = memoryview(data)
+    async def _find_source(
+        self, top: BlockDriver, offset: int, length: int
+    ) -> tuple[Source | None, int]:
+        """Where [offset, offset+n) of the chain below the top comes from: the
+        first layer above the base that allocates it (None: nothing above the
+        base does, nothing to copy), like bdrv_is_allocated_above() but telling
+        which layer answered."""
+        stop = self._stop_layer()
+        n = length
+        layer = top.backing
+        while layer is not None and layer is not stop:
+            if offset >= layer.get_length():
+                # Zeros synthesized past the end of a short layer count as its own.
+                return Source(layer, BlockStatusFlag.ZERO | BlockStatusFlag.ALLOCATED, None), n
+            st = await layer.block_status(offset, n)
+            m = max(1, min(n, st.length))
+            if st.flags & BlockStatusFlag.ALLOCATED:
+                return Source(layer, st.flags, st.offset), m
+            n = m
+            layer = layer.backing
+        return None, n
+
+    async def _copy(self, top: BlockDriver, offset: int, length: int, src: Source) -> None:
+        """Copy one run from its source layer into the top: host data straight
+        from the layer's file in one pool call when the layer maps it plainly,
+        else through the layer's driver; all-zero data as a zero write.  Parts
+        a guest wrote meanwhile (allocated in the top now) are left alone."""
+        data: bytes | bytearray | None
+        if src.flags & BlockStatusFlag.ZERO:
+            data = None
+        elif src.host is not None and _plain_file(src.layer) is not None:
+            fd = _plain_file(src.layer)
+            assert fd is not None
+            data = await run_io(_pread_full, fd, src.host, length)
+        else:
+            data = await src.layer.read(offset, length)
+            if _is_zero(data):
+                data = None
         pos, end = offset, offset + length
         while pos < end:
             st = await top.block_status(pos, end - pos)
             n = max(1, min(st.length, end - pos))
             if not st.flags & BlockStatusFlag.ALLOCATED:
-                piece = mv[pos - offset: pos - offset + n]
-                if piece == _ZEROES[:n] if n <= len(_ZEROES) else not any(piece):
+                if data is None:
                     await top.write_zeroes(pos, n)
+                elif n == length:
+                    await top.write(pos, data)
                 else:
-                    await top.write(pos, piece)
+                    await top.write(pos, memoryview(data)[pos - offset: pos - offset + n])
             pos += n
 
     async def run(self) -> None:
@@ -129,12 +166,13 @@ class StreamJob(BlockJob):
         offset = 0
         delay = 0
         error = 0
-        in_flight: dict[asyncio.Task[None], tuple[int, int]] = {}
-        retry: list[tuple[int, int]] = []
+        in_flight: dict[asyncio.Task[None], tuple[int, int, Source]] = {}
+        retry: list[tuple[int, int, Source]] = []
+        src: Source | None = None
 
-        async def reap(wait_all: bool) -> list[tuple[int, int, int]]:
-            """Collect finished copies; (offset, n, errno) of the failed ones."""
-            failed: list[tuple[int, int, int]] = []
+        async def reap(wait_all: bool) -> list[tuple[int, int, int, Source | None]]:
+            """Collect finished copies; (offset, n, errno, source) of failed ones."""
+            failed: list[tuple[int, int, int, Source | None]] = []
             if not in_flight:
                 return failed
             done, _ = await asyncio.wait(
@@ -142,21 +180,25 @@ class StreamJob(BlockJob):
                 return_when=asyncio.ALL_COMPLETED if wait_all else asyncio.FIRST_COMPLETED,
             )
             for t in done:
-                off, n = in_flight.pop(t)
+                off, n, tsrc = in_flight.pop(t)
                 exc = t.exception()
                 if exc is None:
                     self.progress_update(n)
                 else:
-                    failed.append((off, n, _errno_of(exc)))
+                    failed.append((off, n, _errno_of(exc), tsrc))
             return failed
 
-        def handle(failed: list[tuple[int, int, int]]) -> bool:
-            """block_job_error_action() for each failure; True = stop the loop."""
-            nonlocal error
-            for off, n, err in sorted(failed):
+        def handle(failed: list[tuple[int, int, int, Source | None]]) -> bool:
+            """block_job_error_action() for each failure; True = stop the loop.
+            A failure without a source (the allocation lookup) is re-examined."""
+            nonlocal error, offset
+            for off, n, err, fsrc in sorted(failed, key=lambda f: f[0]):
                 action = self.error_action(True, err)
                 if action == "stop":
-                    retry.append((off, n))
+                    if fsrc is not None:
+                        retry.append((off, n, fsrc))
+                    else:
+                        offset = min(offset, off)
                     continue
                 if error == 0:
                     error = -err
@@ -178,7 +220,7 @@ class StreamJob(BlockJob):
             if self.is_cancelled():
                 break
             if retry:
-                off, n = retry.pop(0)
+                off, n, src = retry.pop(0)
                 copy = True
             elif offset < length:
                 off = offset
@@ -186,20 +228,17 @@ class StreamJob(BlockJob):
                 try:
                     st = await top.block_status(off, want)
                     n = max(1, min(st.length, want))
-                    copy = False
+                    src = None
                     if not st.flags & BlockStatusFlag.ALLOCATED:
-                        below = top.backing
-                        if below is None:
+                        if top.backing is None:
                             n = length - off
                         else:
-                            copy, n = await is_allocated_above(below, self._stop_layer(), off, n)
-                            if not copy and n == 0:
-                                n = length - off
+                            src, n = await self._find_source(top, off, n)
+                    copy = src is not None
                 except Exception as exc:
-                    if handle([(off, STREAM_CHUNK, _errno_of(exc))]):
+                    offset = off + STREAM_CHUNK
+                    if handle([(off, min(STREAM_CHUNK, length - off), _errno_of(exc), None)]):
                         break
-                    if retry and retry[-1][0] == off:
-                        retry.pop()  # re-examine this offset after the pause
                     continue
                 offset = off + n
             else:
@@ -207,18 +246,19 @@ class StreamJob(BlockJob):
             if not copy:
                 self.progress_update(n)
                 continue
+            assert src is not None
             if limited:
                 try:
-                    await self._copy(top, off, n)
+                    await self._copy(top, off, n, src)
                 except Exception as exc:
-                    if handle([(off, n, _errno_of(exc))]):
+                    if handle([(off, n, _errno_of(exc), src)]):
                         break
                     continue
                 self.progress_update(n)
                 delay = self.ratelimit_delay(n)
                 continue
-            task = asyncio.get_running_loop().create_task(self._copy(top, off, n))
-            in_flight[task] = (off, n)
+            task = asyncio.get_running_loop().create_task(self._copy(top, off, n, src))
+            in_flight[task] = (off, n, src)
             if len(in_flight) >= MAX_IN_FLIGHT and handle(await reap(False)):
                 break
         if in_flight:
@@ -288,6 +328,53 @@ class StreamJob(BlockJob):
                 await reopen_read_only(self.graph, self.target, True)
             except GenericError as e:
                 log.error("stream: reopening '%s' read-only: %s", self.target.node_name, e.desc)
+
+
+@dataclass
+class Source:
+    """The layer a run of the chain comes from, its status and host offset."""
+
+    layer: BlockDriver
+    flags: BlockStatusFlag
+    host: int | None
+
+
+def _plain_file(layer: BlockDriver) -> int | None:
+    """The fd to read a qcow2 layer's data clusters from directly (its ``file``
+    child, buffered), or None when data must go through the driver."""
+    if layer.name != "qcow2":
+        return None
+    f = layer.file
+    if not isinstance(f, FileDriver) or f.flags.cache_direct:
+        return None
+    fd = getattr(f, "fd", -1)
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _is_zero(data: bytes | bytearray) -> bool:
+    """buffer_is_zero(): all-zero data is copied as a zero write, as QEMU's
+    copy-on-read does."""
+    n = len(data)
+    if not n or data[0]:
+        return not n
+    # bytes equality is one memcmp; only data starting with a zero gets here.
+    return data == (_ZEROES if n == len(_ZEROES) else bytes(n))
+
+
+def _pread_full(fd: int, offset: int, length: int) -> bytes | None:
+    """Read exactly ``length`` bytes (zeros past EOF) in a pool thread; None
+    when they are all zero."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return None if _is_zero(data) else data
+    buf = bytearray(data)
+    while len(buf) < length:
+        more = os.pread(fd, length - len(buf), offset + len(buf))
+        if not more:
+            buf += bytes(length - len(buf))
+            break
+        buf += more
+    return None if _is_zero(buf) else bytes(buf)
 
 
 def _errno_of(exc: BaseException) -> int:

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Block jobs, blockd vs qemu-storage-daemon side by side: throughput, QMP latency
+during the job, peak RSS.  Not part of the test suite.
+
+The chain (made once with real qemu-img/qemu-io, copied fresh for every run):
+base fully written, mid with 25% rewritten, top empty, all qcow2.  Each case
+starts a daemon with two monitors, adds the chain by node name, starts the job
+on monitor 0 and, until it completes, sends ``query-jobs`` back to back on
+monitor 1 (each latency recorded).  Reported per daemon: job wall time (command
+sent -> completion event), MiB/s of the chain's virtual size, p50/p99/max
+``query-jobs`` latency, answers during the job, peak RSS (VmHWM); then the
+blockd/QSD throughput ratio.  Goals (stream): ratio >= 1.5, p99 < 20 ms,
+RSS < 100 MiB.
+
+Cases live in ``CASES`` (name -> function starting the job and returning the
+event that ends it); more job types add an entry there.
+
+    python bench/bench_jobs.py [--size 1G] [--repeat 3] [--cases stream]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.procs import DaemonProcess, RawClient, start_blockd, start_qsd
+
+CHAIN = ("base", "mid", "top")
+
+
+def parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower()
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def make_chain(d: Path, size: int) -> None:
+    """base fully written (pattern 1), mid 25% rewritten (pattern 2), top empty."""
+    def sh(*argv: str) -> None:
+        subprocess.run(argv, check=True, capture_output=True)
+
+    sh("qemu-img", "create", "-q", "-f", "qcow2", str(d / "base.qcow2"), str(size))
+    sh("qemu-io", "-t", "writeback", "-c", f"write -q -P 1 0 {size}", str(d / "base.qcow2"))
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+       str(d / "mid.qcow2"))
+    quarter = size // 4
+    sh("qemu-io", "-t", "writeback", "-c", f"write -q -P 2 {size // 2} {quarter}",
+       str(d / "mid.qcow2"))
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2",
+       str(d / "top.qcow2"))
+
+
+class Client:
+    """A negotiated raw QMP connection with a line-level request helper."""
+
+    def __init__(self, path: str) -> None:
+        self.raw = RawClient(path, negotiate=True, timeout=600)
+
+    def cmd(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        req: dict[str, Any] = {"execute": name}
+        if args is not None:
+            req["arguments"] = args
+        self.raw.send(json.dumps(req).encode() + b"\n")
+        while True:
+            msg: dict[str, Any] = json.loads(self.raw.line())
+            if "return" in msg or "error" in msg:
+                if "error" in msg:
+                    raise RuntimeError(f"{name}: {msg['error']}")
+                return msg
+
+    def until(self, event: str) -> dict[str, Any]:
+        while True:
+            msg: dict[str, Any] = json.loads(self.raw.line())
+            if msg.get("event") == event:
+                return msg
+
+
+def add_chain(c: Client, d: Path) -> None:
+    prev: str | None = None
+    for name in CHAIN:
+        opts: dict[str, Any] = {"driver": "qcow2", "node-name": name,
+                                "file": {"driver": "file", "node-name": f"{name}-file",
+                                         "filename": str(d / f"{name}.qcow2")}}
+        if prev is not None:
+            opts["backing"] = prev
+        c.cmd("blockdev-add", opts)
+        prev = name
+
+
+def case_stream(c: Client) -> str:
+    c.cmd("block-stream", {"device": "top", "job-id": "job0"})
+    return "BLOCK_JOB_COMPLETED"
+
+
+def case_commit(c: Client) -> str:
+    """Intermediate commit of mid (25% allocated) into base."""
+    c.cmd("block-commit", {"device": "top", "job-id": "job0", "top-node": "mid",
+                           "base-node": "base"})
+    return "BLOCK_JOB_COMPLETED"
+
+
+def case_active_commit(c: Client) -> str:
+    """Active commit of top (and mid) into base, timed to READY."""
+    c.cmd("block-commit", {"device": "top", "job-id": "job0", "base-node": "base"})
+    return "BLOCK_JOB_READY"
+
+
+CASES: dict[str, Callable[[Client], str]] = {
+    "stream": case_stream, "commit": case_commit, "active-commit": case_active_commit,
+}
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_one(start: Callable[..., DaemonProcess], d: Path, case: str) -> dict[str, float]:
+    proc = start(d, monitors=2)
+    try:
+        main = Client(proc.sockets[0])
+        poll = Client(proc.sockets[1])
+        add_chain(main, d)
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def poller() -> None:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                poll.cmd("query-jobs")
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        end_event = CASES[case](main)
+        th = threading.Thread(target=poller)
+        th.start()
+        msg = main.until(end_event)
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        th.join()
+        if "error" in msg.get("data", {}):
+            raise RuntimeError(f"job failed: {msg['data']}")
+        rss = peak_rss_kib(proc.proc.pid)
+    finally:
+        proc.stop()
+    lat = sorted(latencies) or [0.0]
+    return {
+        "seconds": elapsed,
+        "p50_ms": 1000 * lat[len(lat) // 2],
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "max_ms": 1000 * lat[-1],
+        "answers": float(len(latencies)),
+        "rss_mib": rss / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    work = Path(args.dir or tempfile.mkdtemp(prefix="bench-jobs-"))
+    pristine = work / "pristine"
+    pristine.mkdir(parents=True, exist_ok=True)
+    if not (pristine / "top.qcow2").exists():
+        print(f"making a {size >> 20} MiB chain in {pristine} ...", flush=True)
+        make_chain(pristine, size)
+    try:
+        for case in args.cases.split(","):
+            results: dict[str, list[dict[str, float]]] = {"qsd": [], "blockd": []}
+            for _ in range(args.repeat):
+                for name, start in (("qsd", start_qsd), ("blockd", start_blockd)):
+                    d = work / name
+                    if d.exists():
+                        shutil.rmtree(d)
+                    shutil.copytree(pristine, d)
+                    results[name].append(run_one(start, d, case))
+            print(f"\n== {case}: {size >> 20} MiB chain, best of {args.repeat} ==")
+            best: dict[str, dict[str, float]] = {}
+            for name, runs in results.items():
+                b = min(runs, key=lambda r: r["seconds"])
+                best[name] = b
+                med = statistics.median(r["seconds"] for r in runs)
+                print(f"{name:7s} {b['seconds']:7.3f} s (median {med:.3f})  "
+                      f"{(size >> 20) / b['seconds']:8.1f} MiB/s  "
+                      f"query-jobs p50 {b['p50_ms']:.2f} ms p99 {b['p99_ms']:.2f} ms "
+                      f"max {b['max_ms']:.2f} ms ({int(b['answers'])} answers)  "
+                      f"peak RSS {b['rss_mib']:.1f} MiB")
+            ratio = best["qsd"]["seconds"] / best["blockd"]["seconds"]
+            print(f"throughput ratio blockd/qsd: {ratio:.2f}x")
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
