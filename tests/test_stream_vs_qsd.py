@@ -249,3 +249,21 @@ def test_stream_on_error_ignore(tmp_path: Path) -> None:
         ("until", "JOB_STATUS_CHANGE", "null"),
     ]
     _check(run_both(tmp_path, script, _setup), images=())
+
+
+def test_stream_read_only_top(tmp_path: Path) -> None:
+    """A read-only top is reopened read-write for the job and back after."""
+    steps = add_chain_steps()
+    top = dict(steps[-1][2])
+    top["read-only"] = True
+    script: list[Step] = [
+        *steps[:-1],
+        ("cmd", "blockdev-add", top),
+        _stream(**{"auto-finalize": False, "auto-dismiss": False}),
+        ("until", "BLOCK_JOB_PENDING"),
+        NODES,
+        ("cmd", "job-finalize", {"id": "s0"}),
+        ("cmd", "job-dismiss", {"id": "s0"}),
+        NODES,
+    ]
+    _check(run_both(tmp_path, script, _setup))
