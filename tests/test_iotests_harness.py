@@ -336,6 +336,11 @@ def test_check_lists_tests_and_formats_status_lines() -> None:
     bad = subprocess.run([sys.executable, str(IOTESTS_DIR / "check"), "999"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "No such test: 999" in bad.stderr
+    notrun = subprocess.run([sys.executable, str(IOTESTS_DIR / "check"), "-raw", "245"],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    assert notrun[-3].startswith("245   not run    [")
+    assert notrun[-3].endswith("not suitable for this image format: raw")
+    assert notrun[-2:] == ["Not run: 245", "Passed all 0 iotests"]
     check = _load_check()
     assert "245" in check.list_tests()
     assert check.test_groups("245") == {"rw"}
