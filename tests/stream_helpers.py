@@ -82,6 +82,23 @@ def backing_of(path: Path) -> tuple[str | None, str | None]:
     return info.get("backing-filename"), info.get("backing-filename-format")
 
 
+def map_of(path: Path) -> list[tuple[int, int, int, bool, bool]]:
+    """qemu-img map of an image chain without host offsets: which layer holds
+    what, as data or zeros (QEMU's COR writes all-zero runs as zero clusters)."""
+    out = json.loads(run_tool("qemu-img", "map", "-U", "--output=json", str(path)))
+    merged: list[tuple[int, int, int, bool, bool]] = []
+    for e in out:
+        key = (e["depth"], e["zero"], e["data"])
+        if merged and merged[-1][2:] == key:
+            # qemu-img splits where host offsets jump; the host layout differs
+            # with the order the copies landed in, the guest view does not.
+            last = merged.pop()
+            merged.append((last[0], last[1] + e["length"], *key))
+        else:
+            merged.append((e["start"], e["length"], *key))
+    return merged
+
+
 _TS = re.compile(r'"seconds": \d+, "microseconds": \d+')
 _AUTONAME = re.compile(r"#block\d+")
 

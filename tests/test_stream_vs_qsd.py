@@ -1,7 +1,8 @@
 """block-stream against real qemu-storage-daemon: the same script on both daemons
 over identical images; the event/reply transcripts must be equal (timestamps and
 auto node names masked), the images must pass ``qemu-img check``, keep the
-guest-visible content, and end with the same backing file name and format."""
+guest-visible content, and end with the same allocation map (qemu-img map) and
+backing file name and format."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.stream_helpers import (
     check_clean,
     compare,
     make_chain,
+    map_of,
     run_both,
     snapshot_raw,
 )
@@ -25,7 +27,10 @@ pytestmark = pytest.mark.qemu
 
 
 def _setup(d: Path) -> None:
-    make_chain(d)
+    make_chain(d, writes={
+        "base": ["write -P 1 0 1M", "write -P 2 2M 1M", "write -z 3M 512k"],
+        "mid": ["write -P 3 512k 1M", "write -z 1536k 512k", "write -P 0 3584k 64k"],
+    })
     snapshot_raw(d, "top.qcow2", d / "expected.raw")
 
 
@@ -39,6 +44,8 @@ def _check(res: dict[str, tuple[list[str], Path]], images: tuple[str, ...] = ("t
             check_clean(d / f"{name}.qcow2")
         for name in images:
             compare(d / f"{name}.qcow2", d / "expected.raw")
+    for name in ("base", "mid", "top"):
+        assert map_of(our_dir / f"{name}.qcow2") == map_of(qsd_dir / f"{name}.qcow2")
     if same_backing:
         for name in images:
             qb = backing_of(qsd_dir / f"{name}.qcow2")
