@@ -11,6 +11,7 @@ aborts everything, so a failed reopen changes nothing.  Commit cannot fail.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ from blockd.graph.options import GENERIC_KEYS, extract_sub, flatten, inherit
 from blockd.graph.registry import NodeRegistry
 from blockd.qmp.errors import GenericError
 from blockd.qmp.qdict import qdict_keys
+
+log = logging.getLogger(__name__)
 
 # QEMU's mutable_opts: driver options that may be omitted on reopen (they return
 # to their defaults).  Drivers not listed declare ``mutable_opts`` themselves.
@@ -418,7 +421,7 @@ async def _commit_driver(e: Entry) -> None:
     try:
         await drv.reopen_commit()
     except Exception:  # commit must not fail half-way through the queue
-        pass
+        log.exception("reopen commit of node '%s' failed", node.node_name)
     drv.flags = flags
 
 
