@@ -6,7 +6,13 @@ list (``daemon.jobs``), ``ratelimit`` QEMU's slice rate limiter, ``stream``
 block-stream.
 """
 
-from blockd.jobs.blockjob import BlockJob, check_op_blocked, create_block_job, op_blocker
+from blockd.jobs.blockjob import (
+    BlockJob,
+    JobBackend,
+    check_op_blocked,
+    create_block_job,
+    op_blocker,
+)
 from blockd.jobs.job import TRANSITIONS, VERBS, Job, JobFailed
 from blockd.jobs.manager import JobManager, get_manager
 from blockd.jobs.ratelimit import RateLimit
@@ -16,6 +22,7 @@ __all__ = [
     "VERBS",
     "BlockJob",
     "Job",
+    "JobBackend",
     "JobFailed",
     "JobManager",
     "RateLimit",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blockd.drivers.base import ChildRole
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
     from blockd.jobs.manager import JobManager
 
 ON_ERROR = ("report", "ignore", "enospc", "stop", "auto")
+
+
+@dataclass(eq=False)
+class JobBackend:
+    """A job's own anonymous BlockBackend (s->blk): x-debug-query-block-graph
+    shows it as a "block-backend" node named "" with a "root" edge; query-block
+    does not list it (not monitor-owned)."""
+
+    root: BdrvChild
+    name: str = ""
 
 
 class BlockJob(Job):
@@ -111,6 +122,11 @@ class BlockJob(Job):
 
     def extra_edges(self) -> list[BdrvChild]:
         """Job-owned edges besides graph_children (a job's own BlockBackend)."""
+        return [b.root for b in self.backends]
+
+    @property
+    def backends(self) -> list[JobBackend]:
+        """The job's own BlockBackends (for x-debug-query-block-graph)."""
         return []
 
     def blocks(self, node: BlockNode) -> bool:

@@ -61,8 +61,10 @@ PERM_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, PERM_RESIZE = 0x1, 0x2, 0x4, 0x8
 # COMMIT_BUFFER_SIZE: QEMU copies 512 KiB per iteration.  Without a speed limit
 # blockd copies bigger pieces, several at a time (same result, fewer round trips).
 COMMIT_BUFFER_SIZE = 512 * 1024
-FAST_CHUNK = 8 * 1024 * 1024
+FAST_CHUNK = 4 * 1024 * 1024
 FAST_WORKERS = 2
+# How much allocation status one query may cover.
+EXTENT_QUERY = 1 << 30
 
 
 # -- graph helpers -------------------------------------------------------------------
@@ -406,18 +408,26 @@ class CommitJob(BlockJob):
         on: the end, or the first failed piece (everything before it is done)."""
         pending: dict[asyncio.Task[None], tuple[int, int]] = {}
         failed: tuple[int, _SideError] | None = None
+        # The allocation status of [offset, extent_end), asked for in big
+        # stretches and carved into pieces.
+        extent_end, extent_alloc = offset, False
         while True:
             while (offset < length and len(pending) < FAST_WORKERS and failed is None
                    and not self.speed):
                 await self.pause_point()
                 if self.is_cancelled():
                     break
-                try:
-                    allocated, n = await self._allocated(top, base, offset,
-                                                         min(FAST_CHUNK, length - offset))
-                except _SideError as e:
-                    failed = (offset, e)
-                    break
+                if offset >= extent_end:
+                    try:
+                        extent_alloc, n = await self._allocated(
+                            top, base, offset, min(EXTENT_QUERY, length - offset))
+                    except _SideError as e:
+                        failed = (offset, e)
+                        break
+                    extent_end = offset + n
+                allocated = extent_alloc
+                n = extent_end - offset if not allocated else \
+                    min(FAST_CHUNK, extent_end - offset)
                 if allocated:
                     task = asyncio.ensure_future(self._copy(top, base, offset, n))
                     pending[task] = (offset, n)

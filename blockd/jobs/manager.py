@@ -86,6 +86,11 @@ class JobManager:
             raise DeviceNotActive(f"Block job '{job_id}' not found")
         return job
 
+    def job_backends(self) -> list[Any]:
+        """Every job's own BlockBackend (JobBackend: ``name`` "", ``root``), for
+        x-debug-query-block-graph's "block-backend" nodes."""
+        return [b for j in self.block_jobs() for b in j.backends]
+
     def block_jobs(self) -> list[BlockJob]:
         """Block jobs, newest first (query-block-jobs, x-debug-query-block-graph)."""
         from blockd.jobs.blockjob import BlockJob

@@ -36,7 +36,7 @@ from blockd.graph.filename import FilenameCache, cow_child
 from blockd.graph.node import BdrvChild, BlockNode
 from blockd.graph.registry import NodeRegistry
 from blockd.graph.users import attach_user, detach_user
-from blockd.jobs.blockjob import BlockJob, create_block_job
+from blockd.jobs.blockjob import BlockJob, JobBackend, create_block_job
 from blockd.jobs.graphops import (
     chain_next,
     drop_filter,
@@ -93,8 +93,9 @@ class StreamJob(BlockJob):
         self.blk: BdrvChild | None = None
         self.frozen_from: BlockNode | None = None
 
-    def extra_edges(self) -> list[BdrvChild]:
-        return [self.blk] if self.blk is not None else []
+    @property
+    def backends(self) -> list[JobBackend]:
+        return [JobBackend(self.blk)] if self.blk is not None else []
 
     # -- the copy ---------------------------------------------------------------
 
