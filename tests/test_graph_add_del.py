@@ -202,3 +202,45 @@ def test_del_implicit_nodes_like_qsd(tmp_path: Path, qemu_img: str, qsd: str) ->
         return [re.sub(r"#block\d+", "#B", o.replace(str(d), "DIR")) for o in out]
 
     assert run(tmp_path / "b", False) == run(tmp_path / "q", True)
+
+
+@pytest.mark.qemu
+def test_naming_order_like_qsd(tmp_path: Path, qemu_img: str, qsd: str) -> None:
+    """Nodes get their names in QEMU's order: a "file" child before its parent,
+    children the driver opens (quorum's, blkverify's, blkdebug's) after it, the
+    backing last; query-named-block-nodes and x-debug-query-block-graph show it."""
+    import re
+
+    from tests.graph_helpers import VM
+
+    def run(d: Path, use_qsd: bool) -> list[str]:
+        d.mkdir()
+        _images(d, qemu_img)
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(d / "c.qcow2"), "1M"],
+                       check=True)
+
+        def q(name: str, **kw: Any) -> dict[str, Any]:
+            return {"driver": "qcow2", **kw,
+                    "file": {"driver": "file", "filename": str(d / name)}}
+
+        vm = VM(d, qsd=use_qsd)
+        out = []
+        try:
+            for args in (
+                {"driver": "quorum", "node-name": "quo", "vote-threshold": 1,
+                 "children": [q("a.qcow2", **{"node-name": "qa", "read-only": True}),
+                              q("c.qcow2")]},
+                {"driver": "blkverify", "node-name": "bv",
+                 "raw": {"driver": "file", "filename": str(d / "r.raw")},
+                 "test": q("b.qcow2", **{"read-only": True})},
+                {"driver": "blkdebug", "node-name": "bd", "image": {"driver": "null-co"}},
+                {"driver": "raw", "node-name": "top", "file": {"driver": "null-co"}},
+            ):
+                out.append(str(vm.qmp("blockdev-add", **args)))
+            out.append(str(vm.qmp("query-named-block-nodes", flat=True)))
+            out.append(str(vm.qmp("x-debug-query-block-graph")))
+        finally:
+            vm.shutdown()
+        return [re.sub(r"#block\d+", "#B", o.replace(str(d), "DIR")) for o in out]
+
+    assert run(tmp_path / "b", False) == run(tmp_path / "q", True)

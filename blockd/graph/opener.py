@@ -137,9 +137,14 @@ class GraphOpener:
         node.auto_read_only = bool(options.get("auto-read-only", False))
 
         specs = [s for s in child_specs_of(cls) if s.slot != "backing"]
+        # bdrv_open_inherit() opens a "file" child before the node gets its
+        # name; other children (image, test, raw, children.N) are opened by the
+        # driver's open, after the name.
+        early = [s for s in specs if s.option == "file"]
+        late = [s for s in specs if s.option != "file"]
         pending: list[tuple[BlockNode, ChildSpec, str]] = []
         try:
-            for spec in specs:
+            for spec in early:
                 await self._open_child(node, spec, options, pending)
             (node.read_only, node.auto_read_only, node.force_share, node.discard,
              node.detect_zeroes) = parse_generic(options)
@@ -157,6 +162,13 @@ class GraphOpener:
             self.created.append(node)
             for child, spec, key in pending:
                 self._attach(node, child, spec, key)
+            for spec in late:
+                for one in self._expand(spec, options):
+                    # bdrv_open_child(): each child is attached as it opens.
+                    opened: list[tuple[BlockNode, ChildSpec, str]] = []
+                    await self._open_child(node, one, options, opened)
+                    for child, sp, key in opened:
+                        self._attach(node, child, sp, key)
             await self._open_driver(node, options)
         except BaseException:
             # Inline children are in self.created; the caller rolls back.
@@ -190,6 +202,18 @@ class GraphOpener:
         node.backing_format = getattr(drv, "backing_format", None) or ""
         node.auto_backing_file = node.backing_file
         permissions.refresh([node])
+
+    @staticmethod
+    def _expand(spec: ChildSpec, options: dict[str, Any]) -> list[ChildSpec]:
+        """A ``multiple`` spec as one spec per given child (children.0, ...)."""
+        if not spec.multiple:
+            return [spec]
+        out: list[ChildSpec] = []
+        i = 0
+        while f"{spec.option}.{i}" in options or has_sub(options, f"{spec.option}.{i}"):
+            out.append(ChildSpec(f"{spec.option}.{i}", "extra", spec.role, True))
+            i += 1
+        return out
 
     async def _open_child(
         self, node: BlockNode, spec: ChildSpec, options: dict[str, Any],
