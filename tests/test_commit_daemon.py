@@ -186,7 +186,7 @@ def test_intermediate_libvirt_snapshot_delete(tmp_path: Path, qemu_img: str, qem
             "base-node": "n3-format", "backing-file": "base.qcow2",
             "auto-finalize": False, "auto-dismiss": False})
         _nodes(s, out)
-        _sync(s, out, "c0", "pending")
+        s.wait_status("c0", "pending")
         s.wait_event(lambda e: e["event"] == "BLOCK_JOB_PENDING")
         out += s.take_events()
         _cmd(s, out, "query-jobs")
@@ -258,7 +258,9 @@ def test_intermediate_cancel_and_speed(tmp_path: Path, qemu_img: str, qemu_io: s
                                       "auto-finalize": False})
         time.sleep(0.3)
         _cmd(s, out, "block-job-set-speed", {"device": "c1", "speed": 0})
-        _sync(s, out, "c1", "pending")
+        s.wait_status("c1", "pending")
+        s.wait_event(lambda e: e["event"] == "BLOCK_JOB_PENDING")
+        out += s.take_events()
         _cmd(s, out, "block-job-finalize", {"id": "c1"})
         _sync(s, out, "c1", "null")
         _nodes(s, out)
@@ -300,7 +302,7 @@ def test_active_commit_manual_finalize(tmp_path: Path, qemu_img: str, qemu_io: s
     def script(s: Session, d: Path, out: list[str]) -> None:
         _cmd(s, out, "block-commit", {"job-id": "c0", "device": "n1-format",
                                       "auto-finalize": False, "auto-dismiss": False})
-        _sync(s, out, "c0", "ready")
+        s.wait_status("c0", "ready")
         s.wait_event(lambda e: e["event"] == "BLOCK_JOB_READY")
         out += s.take_events()
         _nodes(s, out)
@@ -308,7 +310,7 @@ def test_active_commit_manual_finalize(tmp_path: Path, qemu_img: str, qemu_io: s
         _cmd(s, out, "query-block-jobs")
         _cmd(s, out, "job-finalize", {"id": "c0"})
         _cmd(s, out, "job-complete", {"id": "c0"})
-        _sync(s, out, "c0", "pending")
+        s.wait_status("c0", "pending")
         s.wait_event(lambda e: e["event"] == "BLOCK_JOB_PENDING")
         out += s.take_events()
         _cmd(s, out, "job-finalize", {"id": "c0"})
@@ -336,8 +338,9 @@ def test_active_commit_ready_then(tmp_path: Path, qemu_img: str, qemu_io: str, q
 
     def script(s: Session, d: Path, out: list[str]) -> None:
         _cmd(s, out, "block-commit", {"job-id": "c0", "device": "n1-format"})
-        _sync(s, out, "c0", "ready")
+        s.wait_status("c0", "ready")
         s.wait_event(lambda e: e["event"] == "BLOCK_JOB_READY")
+        out += s.take_events()
         if verb == "job-cancel":
             _cmd(s, out, verb, {"id": "c0"})
         else:
