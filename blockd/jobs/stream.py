@@ -55,6 +55,8 @@ STREAM_CHUNK = 512 * 1024
 # Unlimited speed: large requests, several in flight.
 BIG_CHUNK = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 4
+# Unlimited speed: allocation looked up in stretches this long, then carved.
+SCAN_CHUNK = 64 * 1024 * 1024
 _ZEROES = bytes(BIG_CHUNK)
 
 BASIC_PERMS = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED
@@ -92,6 +94,8 @@ class StreamJob(BlockJob):
         # The job's own BlockBackend edge on the filter (s->blk).
         self.blk: BdrvChild | None = None
         self.frozen_from: BlockNode | None = None
+        # Reused copy buffers (BIG_CHUNK each): memory stays flat during a job.
+        self._buffers: list[bytearray] = []
 
     @property
     def backends(self) -> list[JobBackend]:
@@ -129,32 +133,44 @@ class StreamJob(BlockJob):
 
     async def _copy(self, top: BlockDriver, offset: int, length: int, src: Source) -> None:
         """Copy one run from its source layer into the top: host data straight
-        from the layer's file in one pool call when the layer maps it plainly,
-        else through the layer's driver; all-zero data as a zero write.  Parts
-        a guest wrote meanwhile (allocated in the top now) are left alone."""
+        from the layer's file into a pooled buffer in one pool call when the
+        layer maps it plainly, else through the layer's driver; all-zero data
+        as a zero write.  Parts a guest wrote meanwhile (allocated in the top
+        now) are left alone."""
         data: bytes | bytearray | None
-        if src.flags & BlockStatusFlag.ZERO:
-            data = None
-        elif src.host is not None and _plain_file(src.layer) is not None:
-            fd = _plain_file(src.layer)
-            assert fd is not None
-            data = await run_io(_pread_full, fd, src.host, length)
-        else:
-            data = await src.layer.read(offset, length)
-            if _is_zero(data):
+        pooled: bytearray | None = None
+        try:
+            if src.flags & BlockStatusFlag.ZERO:
                 data = None
-        pos, end = offset, offset + length
-        while pos < end:
-            st = await top.block_status(pos, end - pos)
-            n = max(1, min(st.length, end - pos))
-            if not st.flags & BlockStatusFlag.ALLOCATED:
-                if data is None:
-                    await top.write_zeroes(pos, n)
-                elif n == length:
-                    await top.write(pos, data)
+            elif src.host is not None and _plain_file(src.layer) is not None:
+                fd = _plain_file(src.layer)
+                assert fd is not None
+                if length == BIG_CHUNK:
+                    pooled = self._buffers.pop() if self._buffers else bytearray(BIG_CHUNK)
+                    buf = pooled
                 else:
-                    await top.write(pos, memoryview(data)[pos - offset: pos - offset + n])
-            pos += n
+                    buf = bytearray(length)
+                zero = await run_io(_pread_into, fd, buf, src.host, length)
+                data = None if zero else buf
+            else:
+                data = await src.layer.read(offset, length)
+                if _is_zero(data):
+                    data = None
+            pos, end = offset, offset + length
+            while pos < end:
+                st = await top.block_status(pos, end - pos)
+                n = max(1, min(st.length, end - pos))
+                if not st.flags & BlockStatusFlag.ALLOCATED:
+                    if data is None:
+                        await top.write_zeroes(pos, n)
+                    elif n == length:
+                        await top.write(pos, data)
+                    else:
+                        await top.write(pos, memoryview(data)[pos - offset: pos - offset + n])
+                pos += n
+        finally:
+            if pooled is not None:
+                self._buffers.append(pooled)
 
     async def run(self) -> None:
         unfiltered = skip_filters(self.target)
@@ -170,6 +186,8 @@ class StreamJob(BlockJob):
         in_flight: dict[asyncio.Task[None], tuple[int, int, Source]] = {}
         retry: list[tuple[int, int, Source]] = []
         src: Source | None = None
+        # (start, end, source) of a long copy run being carved into requests.
+        carry: tuple[int, int, Source] | None = None
 
         async def reap(wait_all: bool) -> list[tuple[int, int, int, Source | None]]:
             """Collect finished copies; (offset, n, errno, source) of failed ones."""
@@ -223,9 +241,19 @@ class StreamJob(BlockJob):
             if retry:
                 off, n, src = retry.pop(0)
                 copy = True
-            elif offset < length:
+            elif carry is not None and offset < carry[1]:
+                # The rest of a long run found by the last lookup.
                 off = offset
-                want = min(STREAM_CHUNK if limited else BIG_CHUNK, length - off)
+                n = min(BIG_CHUNK, carry[1] - off)
+                whole = carry[2]
+                src = Source(whole.layer, whole.flags,
+                             None if whole.host is None else whole.host + off - carry[0])
+                copy = True
+                offset = off + n
+            elif offset < length:
+                carry = None
+                off = offset
+                want = min(STREAM_CHUNK if limited else SCAN_CHUNK, length - off)
                 try:
                     st = await top.block_status(off, want)
                     n = max(1, min(st.length, want))
@@ -236,6 +264,10 @@ class StreamJob(BlockJob):
                         else:
                             src, n = await self._find_source(top, off, n)
                     copy = src is not None
+                    if copy and n > BIG_CHUNK and not limited:
+                        assert src is not None
+                        carry = (off, off + n, src)
+                        n = BIG_CHUNK
                 except Exception as exc:
                     offset = off + STREAM_CHUNK
                     if handle([(off, min(STREAM_CHUNK, length - off), _errno_of(exc), None)]):
@@ -362,20 +394,22 @@ def _is_zero(data: bytes | bytearray) -> bool:
     return data == (_ZEROES if n == len(_ZEROES) else bytes(n))
 
 
-def _pread_full(fd: int, offset: int, length: int) -> bytes | None:
-    """Read exactly ``length`` bytes (zeros past EOF) in a pool thread; None
-    when they are all zero."""
-    data = os.pread(fd, length, offset)
-    if len(data) == length:
-        return None if _is_zero(data) else data
-    buf = bytearray(data)
-    while len(buf) < length:
-        more = os.pread(fd, length - len(buf), offset + len(buf))
-        if not more:
-            buf += bytes(length - len(buf))
+def _pread_into(fd: int, buf: bytearray, offset: int, length: int) -> bool:
+    """Fill buf[:length] from the file (zeros past EOF) in a pool thread;
+    whether the data is all zero."""
+    mv = memoryview(buf)
+    got = 0
+    while got < length:
+        n = os.preadv(fd, [mv[got:length]], offset + got)
+        if n <= 0:
+            mv[got:length] = bytes(length - got)
             break
-        buf += more
-    return None if _is_zero(buf) else bytes(buf)
+        got += n
+    if not length or buf[0]:
+        return not length
+    if length == len(_ZEROES) == len(buf):
+        return buf == _ZEROES
+    return buf.count(0, 0, length) == length
 
 
 def _errno_of(exc: BaseException) -> int:
