@@ -30,6 +30,8 @@ import os
 import re
 import shlex
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -134,15 +136,144 @@ class VerboseProcessError(subprocess.CalledProcessError):
             "    " + line for line in out.splitlines())
 
 
+# --- blockd's tools through a fork server ---------------------------------------
+#
+# A blockd-img/blockd-io run spends most of its ~0.3 s starting Python and
+# importing blockd.  The fork server is a Python process that has imported both
+# tools once; for every run it forks a child that becomes the tool process:
+# stdin/stdout/stderr, working directory, environment and argv are the
+# caller's, the tool's console-script ``main()`` runs, and its exit status is
+# the child's.  Only what happens before ``main()`` (interpreter start-up and
+# the imports) is shared, which is why the server refuses to fork if importing
+# left any thread behind.  ``IOTESTS_TOOL_FORKSERVER=0`` runs the executables.
+
+_FORKSERVER_CODE = r"""
+import json, os, socket, struct, sys, threading, traceback
+import blockd.tools.img, blockd.tools.io
+import blockd.drivers.base
+blockd.drivers.base.registered_drivers()  # imports every driver module
+tools = {"img": blockd.tools.img, "io": blockd.tools.io}
+sock = socket.socket(fileno=int(sys.argv[1]))
+if threading.active_count() != 1:
+    sys.exit(3)
+sock.send(b"ready")
+while True:
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
+    if not msg:
+        break
+    req = json.loads(msg)
+    pid = os.fork()
+    if pid == 0:
+        rc = 1
+        try:
+            sock.close()
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            for fd in set(fds):
+                os.close(fd)
+            os.chdir(req["cwd"])
+            os.environ.clear()
+            os.environ.update(req["env"])
+            sys.argv = req["argv"]
+            rc = tools[req["tool"]].main()
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                sys.stderr.write(e.code + "\n")
+                rc = 1
+            else:
+                rc = e.code or 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(rc or 0)
+    for fd in fds:
+        os.close(fd)
+    _pid, status = os.waitpid(pid, 0)
+    sock.send(struct.pack("i", os.waitstatus_to_exitcode(status)))
+"""
+
+
+class _ToolForkServer:
+    """The fork server process and its request socket (started on first use)."""
+
+    def __init__(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _FORKSERVER_CODE, str(child.fileno())],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL)
+        child.close()
+        self.sock = parent
+        if self.sock.recv(16) != b"ready":
+            raise RuntimeError("tool fork server did not start")
+
+    def run(self, tool: str, args: list[str], combine_stdio: bool) -> tuple[int, str]:
+        out_r, out_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            err = out_w if combine_stdio else 2
+            req = {"tool": tool, "argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}
+            socket.send_fds(self.sock, [json.dumps(req).encode()], [null, out_w, err])
+        finally:
+            os.close(out_w)
+            os.close(null)
+        with os.fdopen(out_r, encoding="utf-8", errors="replace") as f:
+            output = f.read()
+        reply = self.sock.recv(4)
+        if len(reply) != 4:
+            raise RuntimeError("tool fork server died")
+        return struct.unpack("i", reply)[0], output
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_forkserver: _ToolForkServer | None = None
+
+
+def _forkserver_tool(prog: str) -> str | None:
+    """``img``/``io`` when ``prog`` is this environment's own blockd tool."""
+    if os.environ.get("IOTESTS_TOOL_FORKSERVER", "1") == "0":
+        return None
+    own = os.path.dirname(os.path.abspath(sys.executable))
+    for tool in ("img", "io"):
+        if os.path.abspath(prog) == os.path.join(own, f"blockd-{tool}"):
+            return tool
+    return None
+
+
+def _run_tool(args: list[str], combine_stdio: bool) -> tuple[int, str] | None:
+    global _forkserver
+    tool = _forkserver_tool(args[0])
+    if tool is None:
+        return None
+    if _forkserver is None or _forkserver.proc.poll() is not None:
+        _forkserver = _ToolForkServer()
+        atexit.register(_forkserver.close)
+    return _forkserver.run(tool, args, combine_stdio)
+
+
 def _run(args: list[str], check: bool, combine_stdio: bool = True,
          input: str | None = None) -> ProcessResult:
-    proc = subprocess.run(args, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT if combine_stdio else None,
-                          text=True, input=input, check=False)
-    if proc.returncode < 0:
-        sys.stderr.write(f"{args[0]} received signal {-proc.returncode}: "
-                         f"{' '.join(args)}\n")
-    result = ProcessResult(args, proc.returncode, proc.stdout)
+    done = _run_tool(args, combine_stdio) if input is None else None
+    if done is None:
+        proc = subprocess.run(args, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT if combine_stdio else None,
+                              text=True, input=input, check=False)
+        done = (proc.returncode, proc.stdout)
+    returncode, stdout = done
+    if returncode < 0:
+        sys.stderr.write(f"{args[0]} received signal {-returncode}: {' '.join(args)}\n")
+    result = ProcessResult(args, returncode, stdout)
     if check:
         result.check_returncode()
     return result

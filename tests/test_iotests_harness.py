@@ -284,6 +284,38 @@ def test_tool_results_are_text_and_completed_process(scratch: Path) -> None:
     assert failed.returncode == 1
 
 
+def test_tool_fork_server_runs_are_the_executables_runs(scratch: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same output and exit status through the fork server as from the executables."""
+    img = str(scratch / "f.qcow2")
+    runs: list[tuple[str, ...]] = [
+        ("img", "create", "-f", "qcow2", img, "1M"),
+        ("io", "-c", "write -P 0xa5 0 64k", img),
+        ("io", "-c", "read -P 0xa5 0 64k", "-c", "read -P 0 64k 64k", img),
+        ("io", "-c", "read -P 0x11 0 512", img),             # pattern failure, exit 1
+        ("io", "-c", "read 0 512", str(scratch / "none")),   # open failure, exit 1
+        ("img", "info", "--output=json", img),
+        ("img", "check", img),
+        ("img", "info", str(scratch / "none")),
+        ("img", "create", "-f", "qcow2", img),               # usage error
+    ]
+
+    def run_all() -> list[tuple[int, str]]:
+        out = []
+        for tool, *args in runs:
+            fn = iotests.qemu_img if tool == "img" else iotests.qemu_io
+            res = fn(*args, check=False)
+            out.append((res.returncode, iotests.filter_qemu_io(str(res))))
+        return out
+    monkeypatch.setenv("IOTESTS_TOOL_FORKSERVER", "0")
+    direct = run_all()
+    monkeypatch.setenv("IOTESTS_TOOL_FORKSERVER", "1")
+    assert iotests._forkserver_tool(iotests.qemu_io_prog) == "io"
+    forked = run_all()
+    assert forked == direct
+    assert [rc for rc, _ in direct] == [0, 0, 0, 1, 1, 0, 0, 1, 1]
+
+
 def test_filters(scratch: Path) -> None:
     rate = "64 KiB, 1 ops; 00.00 sec (633.521 MiB/sec and 10136.3337 ops/sec)"
     assert iotests.filter_qemu_io(f"read 65536/65536 bytes at offset 0\n{rate}\r\n") == \
