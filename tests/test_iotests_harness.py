@@ -260,6 +260,25 @@ def test_hmp_qemu_io_output_goes_to_the_log(scratch: Path) -> None:
     assert "Pattern verification failed at offset 0, 512 bytes\n" in log
 
 
+def test_command_line_builders(scratch: Path) -> None:
+    machine = iotests.VM()
+    assert machine.add_object("throttle-group,id=g0,x-iops-total=100") is machine
+    machine.add_blockdev("driver=null-co,node-name=n0,size=4096")
+    machine.add_blockdev({"driver": "null-co", "node-name": "n1"})
+    with pytest.raises(NotImplementedError):
+        machine.add_drive(None)  # blockd, like qemu-storage-daemon, has no -drive
+    machine.launch()
+    try:
+        assert machine.node_info("n0") is not None and machine.node_info("n1") is not None
+        assert machine.node_info("n2") is None
+        objects = machine.cmd("qom-list", path="/objects")
+        assert "g0" in [o["name"] for o in objects]
+        assert machine.get_pid() is not None
+    finally:
+        machine.shutdown()
+    assert machine.get_pid() is None
+
+
 def test_launch_failure_reports_the_log(scratch: Path) -> None:
     machine = iotests.VM()
     machine.add_args("--object", "no-such-type,id=x")
