@@ -33,10 +33,12 @@ from typing import TYPE_CHECKING, Any
 import blockd.drivers.commit_top  # noqa: F401  (registers the filter driver)
 from blockd.drivers.base import (
     BlockDriver,
+    BlockStatusFlag,
     ChildRole,
     OpenFlags,
     driver_class,
     is_allocated_above,
+    run_io,
 )
 from blockd.drivers.locking import BLK_PERM_ALL
 from blockd.graph import permissions
@@ -260,6 +262,124 @@ def is_zero(buf: bytes | bytearray | memoryview) -> bool:
     return not any(buf)
 
 
+def _host_fd(layer: BlockDriver) -> int | None:
+    """The descriptor a qcow2 layer's plainly mapped data can be read from
+    (its buffered ``file`` child), or None when reads must go through it."""
+    from blockd.drivers.file import FileDriver
+
+    if layer.name != "qcow2" or not isinstance(layer.file, FileDriver):
+        return None
+    f = layer.file
+    if f.flags.cache_direct:
+        return None
+    fd = getattr(f, "fd", -1)
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _pread_into(fd: int, buf: bytearray, offset: int, length: int) -> bool:
+    """Fill buf[:length] from the host file (zeros past its end), in a pool
+    thread; returns whether the data is all zeros."""
+    mv = memoryview(buf)
+    got = 0
+    while got < length:
+        n = os.preadv(fd, [mv[got:length]], offset + got)
+        if n <= 0:
+            mv[got:length] = bytes(length - got)
+            break
+        got += n
+    if length == len(buf) == len(_ZEROS):
+        return buf == _ZEROS
+    return buf.count(0, 0, length) == length
+
+
+class RangeCopier:
+    """Copies ranges of the chain ``top`` .. above ``stop`` into ``target``:
+    each run from the layer that allocates it (what a read through ``top``
+    returns there), plainly mapped qcow2 data straight from the layer's file
+    into a reused buffer in one pool call, zeros as zero writes.
+
+    Errors are raised as :class:`CopyError` saying whether the source (status,
+    read) or the target (write) failed."""
+
+    def __init__(self, top: BlockDriver, stop: BlockDriver | None, target: BlockDriver,
+                 may_unmap: bool = False) -> None:
+        self.top = top
+        self.stop = stop
+        self.target = target
+        self.may_unmap = may_unmap
+        self._buffers: list[bytearray] = []
+
+    async def source(self, offset: int, n: int) -> tuple[BlockDriver | None, int, int, int | None]:
+        """(layer, flags, length, host offset) of the run at ``offset``; layer
+        None when nothing above ``stop`` allocates it (reads as the stop layer)."""
+        layer: BlockDriver | None = self.top
+        while layer is not None and layer is not self.stop:
+            if offset >= layer.get_length():
+                return layer, int(BlockStatusFlag.ZERO | BlockStatusFlag.ALLOCATED), n, None
+            st = await layer.block_status(offset, n)
+            m = max(1, min(n, st.length))
+            if st.flags & BlockStatusFlag.ALLOCATED:
+                return layer, int(st.flags), m, st.offset
+            n = m
+            layer = layer.backing
+        return None, 0, n, None
+
+    async def copy(self, offset: int, length: int) -> None:
+        pos, end = offset, offset + length
+        while pos < end:
+            try:
+                layer, flags, n, host = await self.source(pos, end - pos)
+            except (OSError, GenericError) as e:
+                raise CopyError(True, e) from e
+            await self.copy_run(layer, flags, pos, n, host)
+            pos += n
+
+    async def copy_run(self, layer: BlockDriver | None, flags: int, offset: int, n: int,
+                       host: int | None) -> None:
+        """Copy one run whose source ``source()`` told (``host`` adjusted to
+        ``offset``)."""
+        pooled: bytearray | None = None
+        data: bytes | bytearray | memoryview | None = None
+        try:
+            try:
+                if layer is not None and flags & BlockStatusFlag.ZERO:
+                    data = None
+                elif layer is not None and host is not None and \
+                        (fd := _host_fd(layer)) is not None:
+                    if n <= FAST_CHUNK:
+                        pooled = self._buffers.pop() if self._buffers else bytearray(FAST_CHUNK)
+                        buf = pooled
+                    else:
+                        buf = bytearray(n)
+                    zero = await run_io(_pread_into, fd, buf, host, n)
+                    data = None if zero else memoryview(buf)[:n]
+                else:
+                    # Compressed/encrypted data, other formats, or below stop.
+                    raw = await (layer or self.top).read(offset, n)
+                    data = None if is_zero(raw) else raw
+            except (OSError, GenericError) as e:
+                raise CopyError(True, e) from e
+            try:
+                if data is None:
+                    await self.target.write_zeroes(offset, n, may_unmap=self.may_unmap)
+                else:
+                    await self.target.write(offset, data)
+            except (OSError, GenericError) as e:
+                raise CopyError(False, e) from e
+        finally:
+            if pooled is not None:
+                self._buffers.append(pooled)
+
+
+class CopyError(Exception):
+    """An I/O error and whether it happened in the source or the target."""
+
+    def __init__(self, is_read: bool, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.is_read = is_read
+        self.cause = cause
+
+
 # -- the job ---------------------------------------------------------------------------
 
 
@@ -294,6 +414,7 @@ class CommitJob(BlockJob):
         self.chain_frozen = False
         self.base_writer: BdrvChild | None = None
         self._prepared = False
+        self._copier: RangeCopier | None = None
 
     async def setup(self, speed: int, filter_node_name: str | None) -> None:
         """commit_start() after the argument checks, in QEMU's order; on failure
@@ -360,23 +481,15 @@ class CommitJob(BlockJob):
         try:
             return await is_allocated_above(top, base, offset, n)
         except (OSError, GenericError) as e:
-            raise _SideError(True, e) from e
+            raise CopyError(True, e) from e
 
     async def _copy(self, top: BlockDriver, base: BlockDriver, offset: int, n: int) -> None:
-        """One piece: read through top, write into base; errors say which side."""
-        try:
-            data = await top.read(offset, n)
-        except (OSError, GenericError) as e:
-            raise _SideError(True, e) from e
-        try:
-            if is_zero(data):
-                await base.write_zeroes(offset, n)
-            else:
-                await base.write(offset, data)
-        except (OSError, GenericError) as e:
-            raise _SideError(False, e) from e
+        """One piece: from the layers above base into base."""
+        if self._copier is None:
+            self._copier = RangeCopier(top, base, base)
+        await self._copier.copy(offset, n)
 
-    def _handle_error(self, err: _SideError) -> None:
+    def _handle_error(self, err: CopyError) -> None:
         """block_job_error_action(): fail on "report", else retry the piece
         (after the pause "stop" asked for)."""
         action = self.error_action(err.is_read, errno_of(err.cause))
@@ -394,7 +507,7 @@ class CommitJob(BlockJob):
                                                  min(COMMIT_BUFFER_SIZE, length - offset))
             if allocated:
                 await self._copy(top, base, offset, n)
-        except _SideError as e:
+        except CopyError as e:
             self._handle_error(e)
             return offset
         self.progress_update(n)
@@ -407,10 +520,16 @@ class CommitJob(BlockJob):
         """Unlimited speed: big pieces, several in flight.  Returns where to go
         on: the end, or the first failed piece (everything before it is done)."""
         pending: dict[asyncio.Task[None], tuple[int, int]] = {}
-        failed: tuple[int, _SideError] | None = None
+        failed: tuple[int, CopyError] | None = None
         # The allocation status of [offset, extent_end), asked for in big
         # stretches and carved into pieces.
-        extent_end, extent_alloc = offset, False
+        if self._copier is None:
+            self._copier = RangeCopier(top, base, base)
+        copier = self._copier
+        # The source of [extent_start, extent_end): asked for in big stretches
+        # (one status query per run of the chain) and carved into pieces.
+        extent_start = extent_end = offset
+        extent: tuple[BlockDriver | None, int, int, int | None] = (None, 0, 0, None)
         while True:
             while (offset < length and len(pending) < FAST_WORKERS and failed is None
                    and not self.speed):
@@ -419,17 +538,19 @@ class CommitJob(BlockJob):
                     break
                 if offset >= extent_end:
                     try:
-                        extent_alloc, n = await self._allocated(
-                            top, base, offset, min(EXTENT_QUERY, length - offset))
-                    except _SideError as e:
-                        failed = (offset, e)
+                        extent = await copier.source(offset, min(EXTENT_QUERY, length - offset))
+                    except (OSError, GenericError) as e:
+                        failed = (offset, CopyError(True, e))
                         break
-                    extent_end = offset + n
-                allocated = extent_alloc
+                    extent_start, extent_end = offset, offset + extent[2]
+                layer, flags, _, host = extent
+                allocated = layer is not None
                 n = extent_end - offset if not allocated else \
                     min(FAST_CHUNK, extent_end - offset)
                 if allocated:
-                    task = asyncio.ensure_future(self._copy(top, base, offset, n))
+                    piece_host = None if host is None else host + offset - extent_start
+                    task = asyncio.ensure_future(
+                        copier.copy_run(layer, flags, offset, n, piece_host))
                     pending[task] = (offset, n)
                 else:
                     self.progress_update(n)
@@ -440,7 +561,7 @@ class CommitJob(BlockJob):
             for t in done:
                 off, n = pending.pop(t)
                 exc = t.exception()
-                if isinstance(exc, _SideError):
+                if isinstance(exc, CopyError):
                     if failed is None or off < failed[0]:
                         failed = (off, exc)
                 elif exc is not None:
@@ -495,15 +616,6 @@ class CommitJob(BlockJob):
                 await set_read_only(self.graph, self.base, True)
             except GenericError:
                 pass
-
-
-class _SideError(Exception):
-    """An I/O error and whether it happened reading (source) or writing."""
-
-    def __init__(self, is_read: bool, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.is_read = is_read
-        self.cause = cause
 
 
 async def drop_intermediate(

@@ -39,12 +39,13 @@ from blockd.jobs.commit import (
     PERM_RESIZE,
     PERM_WRITE,
     PERM_WRITE_UNCHANGED,
+    CopyError,
+    RangeCopier,
     _movable_parents,
     append_filter,
     cow_or_filter_child,
     drop_filter,
     errno_of,
-    is_zero,
     new_filter_node,
     set_read_only,
 )
@@ -211,6 +212,7 @@ class ActiveCommitJob(BlockJob):
         self.tracker: WriteTracker | None = None
         self.in_flight = 0
         self.target_writer: BdrvChild | None = None
+        self._copier: RangeCopier | None = None
 
     async def setup(self, speed: int, filter_node_name: str | None) -> None:
         """commit_active_start() and mirror_start_job() in QEMU's order."""
@@ -322,7 +324,7 @@ class ActiveCommitJob(BlockJob):
                                 self.ratelimit_delay(n)
                             continue
                         dirty.set(off, n)
-                        if not isinstance(exc, _CopyError):
+                        if not isinstance(exc, CopyError):
                             raise exc
                         action = self.error_action(exc.is_read, errno_of(exc.cause))
                         if action == "report":
@@ -352,7 +354,7 @@ class ActiveCommitJob(BlockJob):
                     dirty.set(off, n)
                 self.in_flight = 0
         if failure is not None:
-            assert isinstance(failure, _CopyError)
+            assert isinstance(failure, CopyError)
             raise JobFailed(-errno_of(failure.cause))
 
     def _issue(self, tasks: dict[asyncio.Task[None], tuple[int, int]], top: BlockDriver,
@@ -387,17 +389,9 @@ class ActiveCommitJob(BlockJob):
         self.progress_set_remaining(dirty.dirty_bytes())
 
     async def _copy(self, top: BlockDriver, base: BlockDriver, offset: int, n: int) -> None:
-        try:
-            data = await top.read(offset, n)
-        except (OSError, GenericError) as e:
-            raise _CopyError(True, e) from e
-        try:
-            if is_zero(data):
-                await base.write_zeroes(offset, n, may_unmap=True)
-            else:
-                await base.write(offset, data)
-        except (OSError, GenericError) as e:
-            raise _CopyError(False, e) from e
+        if self._copier is None:
+            self._copier = RangeCopier(top, base, base, may_unmap=True)
+        await self._copier.copy(offset, n)
 
     async def _sync_rest(self) -> None:
         """Copy what is still dirty (writes that raced with the last pass)."""
@@ -412,7 +406,7 @@ class ActiveCommitJob(BlockJob):
             dirty.reset(off, n)
             try:
                 await self._copy(top, base, off, n)
-            except _CopyError as e:
+            except CopyError as e:
                 dirty.set(off, n)
                 raise JobFailed(-errno_of(e.cause)) from e
             self.progress_update(n)
@@ -474,11 +468,3 @@ async def _quiet_read_only(graph: NodeRegistry, node: BlockNode, ro: bool) -> No
         await set_read_only(graph, node, ro)
     except GenericError:
         pass
-
-
-class _CopyError(Exception):
-    def __init__(self, is_read: bool, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.is_read = is_read
-        self.cause = cause
-
