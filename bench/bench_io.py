@@ -4,8 +4,10 @@
 Each phase runs as one tool process given its commands with ``-c`` (``-q`` commands,
 ``-t writeback`` so the host cache, not fdatasync, is measured — as with qemu-io's
 own throughput runs); the process start-up time, measured with an empty script, is
-subtracted.  Prints MiB/s per tool and the blockd/qemu ratio (goal: >= 0.8 on the
-sequential phases).  Not part of the test suite.
+subtracted.  The tools alternate phase by phase so drifting host load hits both
+alike.  Prints MiB/s per tool, the blockd/qemu ratio (goal: >= 0.8 on the
+sequential phases) and the load average around the run.  Not part of the test
+suite.
 
     python bench/bench_io.py [--size 1G] [--seq-bytes 1G] [--random-ops 8192] [--fmt qcow2]
                              [--repeat 3]
@@ -83,26 +85,35 @@ def main() -> int:
     size = parse_size(args.size)
     plan = phases(size, parse_size(args.seq_bytes), args.random_ops, args.seed)
 
-    # Best of --repeat rounds, tools alternating, each round on a fresh image: on a
-    # shared host the best run is the one least disturbed by other load.
-    results: dict[str, dict[str, float]] = {"qemu-io": {}, "blockd-io": {}}
+    # Best of --repeat rounds, each round on fresh images.  The tools alternate
+    # phase by phase (each on its own image, so both see the same image states):
+    # on a shared host load drifts, and interleaving exposes both tools to it alike;
+    # the best run is the one least disturbed by other load.
+    tools = (("qemu-io", qemu_io), ("blockd-io", blockd_io))
+    results: dict[str, dict[str, float]] = {name: {} for name, _ in tools}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-io-", dir=args.dir) as d:
         for _ in range(args.repeat):
-            for name, tool in (("qemu-io", qemu_io), ("blockd-io", blockd_io)):
-                img = str(Path(d) / f"{name}.{args.fmt}")
-                subprocess.run([qemu_img, "create", "-f", args.fmt, img, str(size)],
+            imgs = {name: str(Path(d) / f"{name}.{args.fmt}") for name, _ in tools}
+            startup: dict[str, float] = {}
+            for name, tool in tools:
+                subprocess.run([qemu_img, "create", "-f", args.fmt, imgs[name], str(size)],
                                check=True, capture_output=True)
-                startup = statistics.median(
-                    run_script(tool, args.fmt, img, "") for _ in range(5)
+                startup[name] = statistics.median(
+                    run_script(tool, args.fmt, imgs[name], "") for _ in range(5)
                 )
-                for phase, script, nbytes in plan:
-                    elapsed = max(run_script(tool, args.fmt, img, script) - startup, 1e-9)
-                    rate = nbytes / elapsed / (1 << 20)
+            for phase, script, nbytes in plan:
+                for name, tool in tools:
+                    elapsed = run_script(tool, args.fmt, imgs[name], script) - startup[name]
+                    rate = nbytes / max(elapsed, 1e-9) / (1 << 20)
                     results[name][phase] = max(results[name].get(phase, 0.0), rate)
+            for img in imgs.values():
                 os.unlink(img)
+    load_after = os.getloadavg()[0]
 
     print(f"{args.fmt}, {args.size} image, 64 KiB requests, cache=writeback, "
-          f"best of {args.repeat}")
+          f"best of {args.repeat}; load average {load_before:.2f} -> {load_after:.2f} "
+          f"on {os.cpu_count()} CPUs")
     print(f"{'phase':<12} {'qemu-io MiB/s':>14} {'blockd-io MiB/s':>16} {'ratio':>7}")
     for phase, _, _ in plan:
         q = results["qemu-io"][phase]

@@ -68,22 +68,12 @@ class IOPool:
 
     def _worker(self, efd: int) -> None:
         jobs = self._jobs
-        idle = self._idle
         while True:
             try:
                 job = jobs.popleft()
             except IndexError:
-                idle.append(efd)
-                if jobs:
-                    # A job was posted between popleft() and append() and may
-                    # have found nobody idle: take our token back (or, when the
-                    # poster already took it, the wake-up it sent) and run it.
-                    try:
-                        idle.remove(efd)
-                    except ValueError:
-                        os.eventfd_read(efd)
-                    continue
-                os.eventfd_read(efd)
+                self._idle.append(efd)
+                self._sleep(efd)
                 continue
             if job is None:
                 return
@@ -95,11 +85,28 @@ class IOPool:
             except BaseException as e:
                 exc = e
             del job
+            # Idle before waking the loop, and only the sleep after it: the loop
+            # thread it wakes finds the GIL free instead of waiting for this one.
+            self._idle.append(efd)
             try:
                 loop.call_soon_threadsafe(_deliver, fut, result, exc)
             except RuntimeError:
                 pass  # the loop is closed: nobody is waiting any more
             del fut, result, exc
+            self._sleep(efd)
+
+    def _sleep(self, efd: int) -> None:
+        """Wait for a job, ``efd`` being in the idle list already."""
+        if self._jobs:
+            # A job was posted while this worker was busy (or just before it went
+            # idle) and may have found nobody idle: take the idle token back, or
+            # when a poster already took it, the wake-up it sends.
+            try:
+                self._idle.remove(efd)
+            except ValueError:
+                os.eventfd_read(efd)
+            return
+        os.eventfd_read(efd)
 
     def _post(self, job: _Job) -> None:
         self._jobs.append(job)

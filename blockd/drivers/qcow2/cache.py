@@ -57,6 +57,14 @@ class TableCache:
         self._used.add(offset)
         return table
 
+    def peek(self, offset: int) -> bytearray | None:
+        """The cached piece at offset (marked used), or None; never loads."""
+        table = self._tables.get(offset)
+        if table is not None:
+            self._tables.move_to_end(offset)
+            self._used.add(offset)
+        return table
+
     def put(self, offset: int, data: bytes | bytearray) -> bytearray:
         """Install a freshly written table piece."""
         table = bytearray(data)

@@ -829,10 +829,13 @@ class Qcow2Driver(BlockDriver):
         Clusters come from a reserve whose refcounts are already stable on disk,
         so referencing them needs no barrier; a reserve is taken at the first fit
         (where QEMU would allocate) and extended over the free clusters after it.
-        A crash leaks the unused reserve at worst.
+        Once half of it is used, the next reserve is taken and made stable by a
+        barrier running in the background, so sequential writes do not wait for
+        an fdatasync of everything written since the last one.  A crash leaks the
+        unused reserves at worst.
         """
         pool = self._pool_end - self._pool_start
-        if pool < count or self._pool_end == 0:
+        if (pool < count or self._pool_end == 0) and not await self._take_next_pool(count):
             await self._release_pool()
             if self.use_lazy_refcounts:
                 await self._mark_dirty()
@@ -842,10 +845,45 @@ class Qcow2Driver(BlockDriver):
             self._pool_end = self._pool_start + total
         off = self._pool_start << self.cluster_bits
         self._pool_start += count
+        if (
+            self._next_pool is None
+            and self._barriers
+            and (self._pool_end - self._pool_start) * 2 < self._pool_chunk
+        ):
+            await self._prefetch_pool()
         return off
 
-    async def _release_pool(self) -> None:
-        """Give the unused reserve back (it was never referenced)."""
+    async def _prefetch_pool(self) -> None:
+        """Take the next reserve now (refcounts raised, as a one-cluster request
+        with its reserve would) and start the barrier that makes it usable."""
+        if self.use_lazy_refcounts:
+            await self._mark_dirty()
+        off, total = await self.rc.alloc_clusters(1, self._pool_chunk - 1)
+        start = off >> self.cluster_bits
+        self._next_pool = (start, start + total)
+        self._next_ready = asyncio.get_running_loop().create_task(self._barrier())
+
+    async def _take_next_pool(self, count: int) -> bool:
+        """Switch to the prefetched reserve if it holds ``count`` clusters, once
+        its barrier is done; the rest of the current reserve goes back."""
+        nxt, ready = self._next_pool, self._next_ready
+        if nxt is None or ready is None or nxt[1] - nxt[0] < count:
+            return False
+        try:
+            # Shielded: a cancelled request must not cancel the shared barrier.
+            await asyncio.shield(ready)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # Never made stable: never used (its clusters leak).
+            self._next_pool = self._next_ready = None
+            raise
+        self._next_pool = self._next_ready = None
+        await self._release_current_pool()
+        self._pool_start, self._pool_end = nxt
+        return True
+
+    async def _release_current_pool(self) -> None:
         if self._pool_end > self._pool_start:
             cb = self.cluster_bits
             await self.rc.update(
@@ -854,6 +892,23 @@ class Qcow2Driver(BlockDriver):
             self.rc.take_freed()
         self._pool_start = self._pool_end = 0
 
+    async def _release_pool(self) -> None:
+        """Give the unused reserves back (they were never referenced)."""
+        await self._release_current_pool()
+        nxt, ready = self._next_pool, self._next_ready
+        if nxt is None:
+            return
+        self._next_pool = self._next_ready = None
+        if ready is not None:
+            # Let the barrier finish first: it must not outlive the file.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(ready)
+        cb = self.cluster_bits
+        await self.rc.update(nxt[0] << cb, (nxt[1] - nxt[0]) << cb, -1)
+        self.rc.take_freed()
+
+    _next_pool: tuple[int, int] | None = None
+    _next_ready: asyncio.Task[None] | None = None
     _rc_dirty = False
     _pool_start = 0
     _pool_end = 0
@@ -1170,106 +1225,123 @@ class Qcow2Driver(BlockDriver):
                 payload = buf
             else:
                 payload = data
-            await self._check_overlap(plan.host, n * cs)
-            self._check_metadata_write(plan.host)
+            if self.overlap_checks:
+                await self._check_overlap(plan.host, n * cs)
             l2_at, l2_bytes = self._l2_piece(guest, entries, bitmaps)
-            self._check_metadata_write(l2_at)
+            if self.read_only:
+                raise OSError(errno.EPERM, "Operation not permitted")
+            if min(plan.host, l2_at) < cs:
+                # What _pwrite guards against: nothing lands in the header cluster.
+                await self._signal_corruption(
+                    "Preventing invalid write on metadata (overlaps with qcow2_header)"
+                )
             # Refcount raises outside the reserve must be stable before the L2
             # entry goes out (the reserve itself already is, see _alloc).
-            await self._dependency_barrier()
-            _, old_l2 = self._l2_piece(guest, plan.old, plan.old_bitmaps)
-            linked, err = await self._run_chain(
-                [(plan.host, payload), (l2_at, l2_bytes)], old_l2
-            )
+            if self._rc_dirty:
+                await self._dependency_barrier()
+            err = await self._run_chain([(plan.host, payload), (l2_at, l2_bytes)])
             end = plan.host + n * cs
             if end > self._file_len:
                 self._file_len = end
-            if err is not None:
+            if err is None:
+                linked = True
+            else:
+                _, old_l2 = self._l2_piece(guest, plan.old, plan.old_bitmaps)
+                linked = await self._probe_l2(l2_at, l2_bytes, old_l2)
                 raise err
         finally:
             self._io_end()
             async with self._lock:
                 try:
                     if linked is True:
-                        await self._set_entries(guest, entries, bitmaps, to_disk=False)
+                        if not self._cache_entries(guest, entries, bitmaps):
+                            await self._set_entries(guest, entries, bitmaps, to_disk=False)
                         for e in plan.old:
-                            await self._free_entry(e, DISCARD_OTHER)
+                            if e & L2E_OFFSET_MASK or e & OFLAG_COMPRESSED:
+                                await self._free_entry(e, DISCARD_OTHER)
                     elif linked is False:
                         # Never referenced: give the clusters back.
                         await self._free(plan.host, n * cs, DISCARD_NEVER)
                     else:
                         # Whatever the file holds now is what the cache must show;
                         # the new clusters stay allocated (a leak at worst).
-                        self.l2cache.drop_range(*self._l2_piece_range(guest, n))
+                        l1_idx, l2_idx = self._split(guest)
+                        first = l2_idx - l2_idx % self.slice_entries
+                        l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
+                        self.l2cache.drop(l2_off + first * self.l2_entry_size)
                 finally:
                     self._allocs.remove(plan)
                     plan.done.set()
 
-    def _check_metadata_write(self, offset: int) -> None:
-        """What _pwrite checks before any write (read-only, header cluster)."""
-        if self.read_only:
-            raise OSError(errno.EPERM, "Operation not permitted")
-        if offset < self.cluster_size:
-            raise _eio()
-
-    def _l2_piece_range(self, offset: int, n: int) -> tuple[int, int]:
-        """Host (offset, length) of the L2 entries of n clusters from guest offset."""
+    def _cache_entries(
+        self, offset: int, entries: list[int], bitmaps: list[int] | None
+    ) -> bool:
+        """Put entries already on disk into the cached L2 slice; False when the
+        slice is not cached (the caller then loads it)."""
         l1_idx, l2_idx = self._split(offset)
-        l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
-        return l2_off + l2_idx * self.l2_entry_size, n * self.l2_entry_size
+        first = l2_idx - l2_idx % self.slice_entries
+        key = (self.l1[l1_idx] & L1E_OFFSET_MASK) + first * self.l2_entry_size
+        slc = self.l2cache.peek(key)
+        if slc is None:
+            return False
+        i = l2_idx - first
+        if bitmaps is None:
+            struct.pack_into(f">{len(entries)}Q", slc, i * 8, *entries)
+        else:
+            flat = [v for pair in zip(entries, bitmaps, strict=True) for v in pair]
+            struct.pack_into(f">{len(flat)}Q", slc, i * 16, *flat)
+        return True
 
     def _l2_piece(
         self, offset: int, entries: list[int], bitmaps: list[int] | None
     ) -> tuple[int, bytes]:
         """Host offset and on-disk bytes of new L2 entries (with their bitmaps)."""
-        at, _ = self._l2_piece_range(offset, len(entries))
+        l1_idx, l2_idx = self._split(offset)
+        at = (self.l1[l1_idx] & L1E_OFFSET_MASK) + l2_idx * self.l2_entry_size
         if bitmaps is None:
             return at, struct.pack(f">{len(entries)}Q", *entries)
         flat = [v for pair in zip(entries, bitmaps, strict=True) for v in pair]
         return at, struct.pack(f">{len(flat)}Q", *flat)
 
     async def _run_chain(
-        self, chain: list[tuple[int, bytes | bytearray | memoryview]], old_l2: bytes
-    ) -> tuple[bool | str, BaseException | None]:
-        """Write data then its L2 entries in order: (outcome, error to raise).
+        self, chain: list[tuple[int, bytes | bytearray | memoryview]]
+    ) -> BaseException | None:
+        """Write the pieces in order; the error to raise once settled, if any.
 
-        The outcome says what the L2 entries on disk are: True the new ones (the
-        last piece of the chain), False still ``old_l2``, "unknown" anything else
-        (read back after a failure).  A cancellation does not abandon the chain
-        half way: it is waited for, settled, and the cancellation raised after.
+        Returns only when nothing of the chain runs any more: a cancellation
+        does not abandon it half way but is returned (to be raised) after it.
         """
         f = self._f
-        err: BaseException | None = None
         if isinstance(f, FileDriver):
             # The file driver's chain always runs to its end before raising.
             try:
                 await f.write_many(chain)
-                return True, None
             except BaseException as e:
-                err = e
-        else:
-            task = asyncio.ensure_future(f.write_many(chain))
-            cancelled = False
-            while not task.done():
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    cancelled = cancelled or not task.done()
-                except Exception:
-                    break
-            err = asyncio.CancelledError() if task.cancelled() else task.exception()
-            if err is None and not cancelled:
-                return True, None
-            if cancelled:
-                err = asyncio.CancelledError()
-        at, new = chain[-1]
+                return e
+            return None
+        task = asyncio.ensure_future(f.write_many(chain))
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = cancelled or not task.done()
+            except Exception:
+                break
+        if cancelled or task.cancelled():
+            return asyncio.CancelledError()
+        return task.exception()
+
+    async def _probe_l2(self, at: int, new: bytes, old: bytes) -> bool | str:
+        """After a failed or cancelled chain: are the L2 entries on disk the new
+        ones (True), still the old ones (False), or neither ("unknown")?"""
         try:
             disk = await self._pread(at, len(new))
         except Exception:
-            return "unknown", err
-        if disk == bytes(new):
-            return True, err
-        return (False if disk == old_l2 else "unknown"), err
+            return "unknown"
+        if disk == new:
+            return True
+        return False if disk == old else "unknown"
 
     async def _write_compressed(self, offset: int, mv: memoryview) -> None:
         cs = self.cluster_size

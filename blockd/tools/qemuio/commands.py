@@ -540,6 +540,22 @@ def _alloc_from_file(io: QemuIo, length: int, name: str) -> bytes | None:
     return (pat * reps)[:length]
 
 
+# The last pattern buffer written: scripts issue long runs of same-sized writes
+# with one pattern, and bytes are immutable, so one buffer serves them all.
+_last_pattern: tuple[int, int, bytes] = (-1, -1, b"")
+
+
+def _pattern_buffer(pattern: int, count: int) -> bytes:
+    global _last_pattern
+    p, n, buf = _last_pattern
+    if p != pattern or n != count:
+        buf = bytes([pattern]) * count
+        # Only worth keeping while it is small enough not to pin much memory.
+        if count <= 1 << 20:
+            _last_pattern = (pattern, count, buf)
+    return buf
+
+
 async def write_f(io: QemuIo, argv: list[str]) -> int:
     cflag_c = qflag = bflag = pflag = zflag = cflag = sflag = False
     fua = no_fallback = unmap = False
@@ -611,7 +627,7 @@ async def write_f(io: QemuIo, argv: list[str]) -> int:
                 return EINVAL
             buf = got
         else:
-            buf = bytes([pattern]) * count
+            buf = _pattern_buffer(pattern, count)
     t1 = time.monotonic_ns()
     try:
         if bflag:
