@@ -274,3 +274,24 @@ def test_stream_read_only_top(tmp_path: Path) -> None:
         NODES,
     ]
     _check(run_both(tmp_path, script, _setup))
+
+
+def test_stream_duplicate_id_and_drains(tmp_path: Path) -> None:
+    """A second stream below a running one: QEMU drains the running job around
+    each filter insertion/removal (paused/running pairs), the duplicate id is
+    found after the filter went in, the job's BlockBackend conflicts by name."""
+    script: list[Step] = [
+        *add_chain_steps(),
+        _stream(speed=1),
+        ("cmd", "block-stream", {"device": "top-file", "job-id": "s0"}),
+        ("cmd", "block-stream", {"device": "mid-file", "job-id": "m",
+                                 "filter-node-name": "cf"}),
+        # Each drain let the job copy one more chunk: let the last one land.
+        ("sleep", 0.3),
+        ("cmd", "query-jobs"),
+        ("cmd", "block-job-cancel", {"device": "s0"}),
+        # m's null and s0's (which may precede the cancel's reply).
+        ("until_total", "JOB_STATUS_CHANGE", "null", 2),
+        NODES,
+    ]
+    _check(run_both(tmp_path, script, _setup))

@@ -37,6 +37,7 @@ from blockd.graph.node import BdrvChild, BlockNode
 from blockd.graph.registry import NodeRegistry
 from blockd.graph.users import attach_user, detach_user
 from blockd.jobs.blockjob import BlockJob, JobBackend, create_block_job
+from blockd.jobs.drain import drained
 from blockd.jobs.graphops import (
     chain_next,
     drop_filter,
@@ -326,7 +327,10 @@ class StreamJob(BlockJob):
             if self.blocker in cor.blockers:
                 cor.blockers.remove(self.blocker)
         self.blk = None
-        await drop_filter(self.graph, cor, keep)
+        fc = cor.child("file")
+        # bdrv_drop_filter() replaces a node: the jobs above it are drained.
+        async with drained(self.manager, [fc.child] if fc is not None else []):
+            await drop_filter(self.graph, cor, keep)
 
     async def prepare(self) -> None:
         """stream_prepare(): the top's backing becomes the base, header rewritten."""
@@ -341,12 +345,13 @@ class StreamJob(BlockJob):
         if unfiltered_base is not None:
             base_id = self.backing_file or FilenameCache().filename(unfiltered_base)
             base_fmt = unfiltered_base.driver.name
-        try:
-            await set_backing(self.graph, unfiltered, base)
-        except GenericError as e:
-            log.error("%s", e.desc)
-            raise JobFailed(-errno.EPERM) from None
-        await change_backing_file(unfiltered, base_id, base_fmt)
+        async with drained(self.manager, [unfiltered]):
+            try:
+                await set_backing(self.graph, unfiltered, base)
+            except GenericError as e:
+                log.error("%s", e.desc)
+                raise JobFailed(-errno.EPERM) from None
+            await change_backing_file(unfiltered, base_id, base_fmt)
 
     async def abort(self) -> None:
         await self._drop_filter()
@@ -506,17 +511,19 @@ async def start_stream(
     cor: BlockNode | None = None
     created = False
     try:
-        cor = await insert_filter(
-            graph, bs, "copy-on-read", filter_node_name,
-            {"bottom": base_overlay.node_name}, {"bottom": base_overlay.driver}, keep=[],
-        )
+        # bdrv_insert_node() replaces bs: the jobs above it are drained.
+        async with drained(manager, [bs]):
+            cor = await insert_filter(
+                graph, bs, "copy-on-read", filter_node_name,
+                {"bottom": base_overlay.node_name}, {"bottom": base_overlay.driver}, keep=[],
+            )
         job.cor_filter = cor
         # block_job_create() on the filter: it takes nothing and shares all.
         manager.check_new_id(job_id)
         await create_block_job(job, cor, 0, BLK_PERM_ALL, speed)
         created = True
         job.blk = attach_user(cor, "root", BLK_PERM_CONSISTENT_READ,
-                              BASIC_PERMS | BLK_PERM_WRITE, desc="a block device")
+                              BASIC_PERMS | BLK_PERM_WRITE, desc="an unnamed block device")
         job.add_bdrv("active node", bs, 0, BASIC_PERMS | BLK_PERM_WRITE)
         iter_node = chain_next(bs)
         base_now = chain_next(above_base)
