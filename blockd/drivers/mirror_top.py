@@ -16,7 +16,7 @@ from typing import ClassVar
 from blockd.drivers.base import ChildRole, register_driver
 from blockd.drivers.commit_top import PERM_ALL, BackingFilter
 
-_PERM_WRITE = 0x2
+_PERM_WRITE, _PERM_RESIZE = 0x2, 0x8
 
 
 @register_driver
@@ -36,7 +36,9 @@ class MirrorTopDriver(BackingFilter):
         perm: int = 0,
         shared: int = PERM_ALL,
     ) -> tuple[int, int]:
-        """bdrv_mirror_top_child_perm(): forward writers' WRITE, share all."""
+        """bdrv_mirror_top_child_perm(): forward writers' WRITE, share all but
+        RESIZE."""
         if self.stopped:
             return 0, PERM_ALL
-        return perm & _PERM_WRITE, PERM_ALL
+        # Everything shared but resizing (the job copies a fixed length).
+        return perm & _PERM_WRITE, PERM_ALL & ~_PERM_RESIZE

@@ -51,7 +51,8 @@ from blockd.graph.filename import FilenameCache, header_backing, path_has_protoc
 from blockd.graph.naming import check_node_name
 from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child, replace_child
 from blockd.graph.registry import NodeRegistry
-from blockd.jobs.blockjob import BlockJob, check_op_blocked, create_block_job
+from blockd.graph.users import attach_user, detach_user
+from blockd.jobs.blockjob import BlockJob, JobBackend, check_op_blocked, create_block_job
 from blockd.jobs.job import JobFailed
 from blockd.qmp.errors import DeviceNotFound, GenericError
 
@@ -413,6 +414,7 @@ class CommitJob(BlockJob):
         self.base_read_only = False
         self.chain_frozen = False
         self.base_writer: BdrvChild | None = None
+        self.top_reader: BdrvChild | None = None
         self._prepared = False
         self._copier: RangeCopier | None = None
 
@@ -439,18 +441,40 @@ class CommitJob(BlockJob):
             freeze_backing_chain(self.commit_top, base)
             self.chain_frozen = True
             self.add_bdrv("base", base, 0, BLK_PERM_ALL)
-            self.base_writer = self.add_bdrv(
-                "root", base, PERM_READ | PERM_WRITE | PERM_RESIZE,
-                PERM_READ | PERM_WRITE_UNCHANGED)
+            # The job's own BlockBackends: a writer on base (resizing only if
+            # base is shorter than top), a permission-less reader on top.
+            base_perm = PERM_READ | PERM_WRITE
+            if base.driver.get_length() < top.driver.get_length():
+                base_perm |= PERM_RESIZE
+            self.base_writer = attach_user(base, "root", base_perm,
+                                           PERM_READ | PERM_WRITE_UNCHANGED,
+                                           desc=f"commit job '{self.id}'")
+            self.top_reader = attach_user(top, "root", 0, BLK_PERM_ALL,
+                                          desc=f"commit job '{self.id}'")
         except BaseException:
             await self._undo_setup()
             await self.early_fail()
             raise
 
+    @property
+    def backends(self) -> list[JobBackend]:
+        return [JobBackend(c) for c in (self.base_writer, self.top_reader) if c is not None]
+
+    async def _drop_backend(self, which: str) -> None:
+        """blk_unref() of the job's own backend; the node closes if that was
+        its last reference."""
+        c: BdrvChild | None = getattr(self, which)
+        setattr(self, which, None)
+        if c is not None:
+            detach_user(c)
+            await release_nodes(self.graph, [c.child])
+
     async def _undo_setup(self) -> None:
         if self.chain_frozen and self.commit_top is not None:
             unfreeze_backing_chain(self.commit_top, self.base)
             self.chain_frozen = False
+        await self._drop_backend("base_writer")
+        await self._drop_backend("top_reader")
         await self.remove_all_bdrv()
         if self.commit_top is not None and not self.commit_top.closed:
             await drop_filter(self.graph, self.commit_top)
@@ -587,9 +611,7 @@ class CommitJob(BlockJob):
         assert self.commit_top is not None
         unfreeze_backing_chain(self.commit_top, self.base)
         self.chain_frozen = False
-        if self.base_writer is not None:
-            await self.remove_bdrv(self.base_writer)
-            self.base_writer = None
+        await self._drop_backend("base_writer")
         await drop_intermediate(self.graph, self.commit_top, self.top, self.base,
                                 self.backing_file)
 
@@ -598,24 +620,20 @@ class CommitJob(BlockJob):
         if self.chain_frozen and self.commit_top is not None:
             unfreeze_backing_chain(self.commit_top, self.base)
             self.chain_frozen = False
-        self.base_writer = None
+        await self._drop_backend("base_writer")
         await self.remove_all_bdrv()
         if self.commit_top is not None and not self.commit_top.closed:
             await drop_filter(self.graph, self.commit_top)
 
-    async def commit(self) -> None:
-        # The job's edges go now (QEMU: when the job is freed); nodes nobody
-        # holds any more (the committed, non-monitor-owned ones) close.
-        self.base_writer = None
-        await self.remove_all_bdrv()
-
     async def clean(self) -> None:
-        """commit_clean(): the base goes back to read-only."""
+        """commit_clean(): the base goes back to read-only, the reader of top
+        goes (the job's node edges go when the job is dismissed)."""
         if self.base_read_only and not self.base.closed and not self.base.read_only:
             try:
                 await set_read_only(self.graph, self.base, True)
             except GenericError:
                 pass
+        await self._drop_backend("top_reader")
 
 
 async def drop_intermediate(

@@ -33,7 +33,8 @@ from blockd.graph import permissions
 from blockd.graph.backing import freeze_backing_chain, unfreeze_backing_chain
 from blockd.graph.node import BdrvChild, BlockNode, replace_child
 from blockd.graph.registry import NodeRegistry
-from blockd.jobs.blockjob import BlockJob, create_block_job
+from blockd.graph.users import attach_user, detach_user
+from blockd.jobs.blockjob import BlockJob, JobBackend, create_block_job
 from blockd.jobs.commit import (
     PERM_READ,
     PERM_RESIZE,
@@ -247,19 +248,34 @@ class ActiveCommitJob(BlockJob):
             freeze_backing_chain(self.mirror_top, base)
             self.chain_frozen = True
             self.add_bdrv("target", base, 0, BLK_PERM_ALL)
-            self.target_writer = self.add_bdrv(
-                "root", base, PERM_WRITE | PERM_RESIZE,
-                PERM_READ | PERM_WRITE | PERM_WRITE_UNCHANGED)
+            # The job's own BlockBackend on the target (resizing only if the
+            # base is shorter than the top).
+            perm = PERM_WRITE
+            if base.driver.get_length() < top.driver.get_length():
+                perm |= PERM_RESIZE
+            self.target_writer = attach_user(base, "root", perm,
+                                             PERM_READ | PERM_WRITE | PERM_WRITE_UNCHANGED,
+                                             desc=f"commit job '{self.id}'")
         except BaseException:
             if self.chain_frozen:
                 unfreeze_backing_chain(self.mirror_top, base)
                 self.chain_frozen = False
+            await self._drop_target_writer()
             await self.remove_all_bdrv()
             await drop_filter(self.graph, self.mirror_top)
             if base_read_only:
                 await _quiet_read_only(self.graph, base, True)
             await self.early_fail()
             raise
+
+    @property
+    def backends(self) -> list[JobBackend]:
+        return [JobBackend(self.target_writer)] if self.target_writer is not None else []
+
+    async def _drop_target_writer(self) -> None:
+        c, self.target_writer = self.target_writer, None
+        if c is not None:
+            detach_user(c)
 
     # -- verbs -------------------------------------------------------------------------
 
@@ -437,7 +453,7 @@ class ActiveCommitJob(BlockJob):
         if self.chain_frozen:
             unfreeze_backing_chain(mt, self.base)
             self.chain_frozen = False
-        self.target_writer = None
+        await self._drop_target_writer()
         await self.remove_all_bdrv()
         if pivot:
             top, base = self.top, self.base
