@@ -38,26 +38,6 @@ if str(HERE) not in sys.path:
 
 import iotests  # noqa: E402  (needs HERE on sys.path)
 
-
-def _yield_conftest_name() -> None:
-    """Give the module name ``conftest`` back to tests/conftest.py.
-
-    pytest imports every conftest.py outside a package as the module
-    ``conftest``; the one imported last would shadow tests/conftest.py for the
-    ``from conftest import require_tool`` of tests/.  This file is only a
-    plugin (pytest keeps its own reference), so once it is loaded it drops the
-    name, and moves its directory, which pytest put first, to the end of
-    sys.path so that the next ``import conftest`` finds tests/conftest.py.
-    """
-    me = sys.modules.get(__name__)
-    if __name__ == "conftest" and me is not None and sys.modules.get("conftest") is me:
-        del sys.modules["conftest"]
-        sys.path[:] = [p for p in sys.path if p != str(HERE)] + [str(HERE)]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    _yield_conftest_name()
-
 # Per VM kind: test -> method -> why it fails today.  The output item of a test
 # fails whenever one of its methods does, so it is listed too.
 _DEVICE_ADD = ("device_add (virtio-scsi with iothread, scsi-hd) is not implemented in "
@@ -95,7 +75,6 @@ def _main_kwargs(path: Path) -> dict[str, Any]:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    _yield_conftest_name()  # when this conftest was loaded during collection
     if file_path.parent == HERE and re.fullmatch(r"\d+", file_path.name):
         return IotestFile.from_parent(parent, path=file_path)
     return None

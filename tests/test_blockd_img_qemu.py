@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
 from blockd.tools.img import run
 from blockd.tools.img_cmds.common import Console
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.qemu
 

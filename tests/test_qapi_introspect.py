@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tool
 
 from blockd.qapi import Schema
+from tests.conftest import require_tool
 
 SHARED_WITH_QSD = [
     "blockdev-add",

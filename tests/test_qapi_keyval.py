@@ -12,10 +12,10 @@ import subprocess
 from typing import Any
 
 import pytest
-from conftest import require_tool
 
 from blockd.qapi import Schema, keyval_parse, keyval_parse_help
 from blockd.qmp.errors import GenericError
+from tests.conftest import require_tool
 
 AFTER_VISIT = {
     "'node-name' must be specified for the root node",

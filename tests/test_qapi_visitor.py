@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tool
 
 from blockd.qapi import Schema
 from blockd.qmp.errors import CommandNotFound, GenericError
+from tests.conftest import require_tool
 
 INVALID_ARGS: list[tuple[str, dict[str, Any], str]] = [
     ("blockdev-del", {}, "Parameter 'node-name' is missing"),

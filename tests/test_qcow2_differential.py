@@ -8,10 +8,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_qcow2_util import assert_clean, close, open_rw, run
+
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.qemu
 
