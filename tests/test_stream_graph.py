@@ -100,3 +100,25 @@ async def test_failed_start_leaves_graph_unchanged(tmp_path: Path) -> None:
     assert top.backing is not None and not top.backing.frozen
     assert top.blockers == [] and all(c.parent is not None for c in top.parents)
     await dm.stop()
+
+
+async def test_speed_limit_set_while_running(tmp_path: Path) -> None:
+    """A limit set on a running unlimited stream holds it (QEMU's chunking from
+    then on); lifting it lets the job finish with the right data."""
+    make_chain(tmp_path, "64M", writes={"base": ["write -P 7 0 64M"]})
+    snapshot_raw(tmp_path, "top.qcow2", tmp_path / "expected.raw")
+    dm, events = await _open_top_alone(tmp_path)
+    ctx = CommandContext(dm, None)
+    await block_stream(ctx, {"device": "top", "job-id": "j"})
+    job = get_manager(dm).find_block_job("j")
+    job.set_speed(1)
+    await asyncio.sleep(0.3)
+    stalled = job.progress_current
+    await asyncio.sleep(0.3)
+    assert job.progress_current == stalled < job.progress_total
+    assert job.status == "running"
+    job.set_speed(0)
+    await _wait_status(events, "null")
+    await dm.stop()
+    check_clean(tmp_path / "top.qcow2")
+    compare(tmp_path / "top.qcow2", tmp_path / "expected.raw")

@@ -125,7 +125,8 @@ class JobManager:
         """job_cancel_sync_all(): cancel every job and wait until each is gone."""
         for job in list(self.jobs):
             try:
-                await job.cancel(False if job.is_ready() else True)
+                # job_cancel_sync_all(): forced, a ready mirror does not pivot.
+                await job.cancel(True)
             except Exception:
                 log.exception("cancelling job %s", job.id)
         for job in list(self.jobs):

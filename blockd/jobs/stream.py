@@ -180,7 +180,6 @@ class StreamJob(BlockJob):
         top = unfiltered.driver
         length = top.get_length()
         self.progress_set_remaining(length)
-        limited = self.speed > 0
         offset = 0
         delay = 0
         error = 0
@@ -228,9 +227,12 @@ class StreamJob(BlockJob):
             return False
 
         while offset < length or retry or in_flight:
+            # A speed limit (set at start or later) means QEMU's way: one
+            # 512 KiB request at a time, the limiter's delay between them.
+            limited = self.speed > 0
             # A pause or cancel waits for the requests in flight (QEMU's job is
-            # idle at its pause points).
-            if self.pause_count > 0 or self.is_cancelled() or (
+            # idle at its pause points), as does switching to a limited speed.
+            if self.pause_count > 0 or self.is_cancelled() or (in_flight and limited) or (
                 in_flight and offset >= length and not retry
             ):
                 if handle(await reap(True)):
@@ -242,7 +244,7 @@ class StreamJob(BlockJob):
             if retry:
                 off, n, src = retry.pop(0)
                 copy = True
-            elif carry is not None and offset < carry[1]:
+            elif carry is not None and offset < carry[1] and not limited:
                 # The rest of a long run found by the last lookup.
                 off = offset
                 n = min(BIG_CHUNK, carry[1] - off)
