@@ -18,7 +18,7 @@ from typing import Any
 
 from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec
 from blockd.drivers.file import FileDriver
-from blockd.graph import filefd, permissions
+from blockd.graph import aio_context, filefd, permissions
 from blockd.graph.node import (
     BdrvChild,
     BlockNode,
@@ -288,6 +288,7 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
     # Each entry is checked against the graph as the entries before it left it
     # (QEMU applies their edge changes in its transaction as it goes).
     undo: list[tuple[BdrvChild | None, tuple[int, int], BdrvChild | None]] = []
+    aio_undo: aio_context.Undo = []  # AioContext moves made for new children
     touched: list[BlockNode] = [e.node for e in queue]
     dropped: list[BlockNode] = []
     # bdrv_reopen_multiple() flushes every queued node first.
@@ -311,12 +312,15 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
                     touched.append(cur.child)
                     dropped.append(cur.child)
                 made = None
+                undo.append((cur, pos, None))  # reattached if the attach fails
                 if new is not None:
+                    # bdrv_attach_child_common(): child or parent changes AioContext.
+                    aio_undo += aio_context.match_for_attach(e.node, new)
                     spec = _spec_for(e.node, key)
                     made = attach_child(e.node, new, key, cur.role if cur else spec.role,
                                         slot=spec.slot)
                     touched.append(new)
-                undo.append((cur, pos, made))
+                undo[-1] = (cur, pos, made)
         # Permissions over the whole changed graph, then the drivers.
         ro_after = {id(e.node): e.read_only for e in queue}
         permissions.refresh(touched, ro_after)
@@ -327,6 +331,7 @@ async def _reopen(graph: NodeRegistry, queue: list[Entry]) -> None:
         for e in reversed(queue):
             if e.prepared:
                 await _abort_driver(e)
+        aio_context.undo(aio_undo)
         for cur, pos, made in reversed(undo):
             if made is not None:
                 detach_child(made)
