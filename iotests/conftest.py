@@ -40,18 +40,8 @@ import iotests  # noqa: E402  (needs HERE on sys.path)
 
 # Per VM kind: test -> method -> why it fails today.  The output item of a test
 # fails whenever one of its methods does, so it is listed too.
-_DEVICE_ADD = ("device_add (virtio-scsi with iothread, scsi-hd) is not implemented in "
-               "blockd yet; 245's iothread cases need it and the AioContext rules")
 XFAIL: dict[str, dict[str, dict[str, str]]] = {
-    "blockd": {
-        "245": {
-            "test_iothreads_compatible_users": _DEVICE_ADD,
-            "test_iothreads_error": _DEVICE_ADD,
-            "test_iothreads_switch_backing": _DEVICE_ADD,
-            "test_iothreads_switch_overlay": _DEVICE_ADD,
-            "output": "the failing methods above change the unittest summary",
-        },
-    },
+    "blockd": {},
     "qemu": {},
 }
 
