@@ -26,6 +26,7 @@ from tests.test_commit_support import (
     libvirt_chain_cmds,
     make_chain,
     qemu_img_run,
+    qemu_io_run,
 )
 
 pytestmark = pytest.mark.qemu
@@ -55,23 +56,16 @@ def _run(start: Callable[..., DaemonProcess], d: Path, qemu_img: str, qemu_io: s
 
 def _compare(tmp_path: Path, qemu_img: str, qemu_io: str, script: Script,
              add_chain: bool = True, check: bool = True,
-             drop_drain_events: bool = False,
-             drop_events: tuple[str, ...] = (), same_data: bool = True) -> list[str]:
+             drop_events: tuple[str, ...] = (), mask_progress: bool = False) -> list[str]:
     theirs = _run(start_qsd, tmp_path / "q", qemu_img, qemu_io, script, add_chain)
     ours = _run(start_blockd, tmp_path / "b", qemu_img, qemu_io, script, add_chain)
     # Events outside the job layer that blockd's qcow2 does not emit yet.
     theirs = [line for line in theirs if not any(f'"{e}"' in line for e in drop_events)]
-    if drop_drain_events:
-        # QEMU pauses running jobs for the drained section of every reopen
-        # (paused/running pairs); blockd's reopen does not drain jobs.
-        def keep(line: str) -> bool:
-            return not ('"JOB_STATUS_CHANGE"' in line and ('"paused"' in line
-                                                            or '"running"' in line))
-        # The drained sections also let QEMU's rate limiter run ahead.
-        def mask(line: str) -> str:
-            return re.sub(r'"offset": \d+', '"offset": N', line)
-        theirs = [mask(line) for line in theirs if keep(line)]
-        ours = [mask(line) for line in ours if keep(line)]
+    if mask_progress:
+        # How far a rate-limited job got when a drained section woke it depends
+        # on timing, in QEMU as in blockd: progress and data are not compared.
+        theirs = [re.sub(r'"(offset|current-progress)": \d+', "N", x) for x in theirs]
+        ours = [re.sub(r'"(offset|current-progress)": \d+', "N", x) for x in ours]
     assert ours == theirs
     if not check:
         # Deliberately corrupted images: only the transcripts are compared.
@@ -79,7 +73,7 @@ def _compare(tmp_path: Path, qemu_img: str, qemu_io: str, script: Script,
     for name in ("base", "mid", "top"):
         for side in ("q", "b"):
             qemu_img_run(qemu_img, "check", str(tmp_path / side / f"{name}.qcow2"))
-    if not same_data:
+    if mask_progress:
         return ours
     # Same guest data in every image and chain both daemons left behind.
     for name in ("base", "mid", "top"):
@@ -274,6 +268,12 @@ def test_reopen_and_delete_during_commit(tmp_path: Path, qemu_img: str, qemu_io:
     test_block_commit texts)."""
 
     def script(s: Session, d: Path, out: list[str]) -> None:
+        # Enough allocated pieces in mid that the job is still running when
+        # it is cancelled, however often a drained section wakes it early.
+        qemu_io_run(qemu_io, "-f", "qcow2", "-c", f"write -P 0xbb 0 {4 * MiB}",
+                    str(d / "mid.qcow2"))
+        for name, args in libvirt_chain_cmds(d):
+            s.ok(name, args)
         _cmd(s, out, "block-commit", {"job-id": "c0", "device": "n1-format",
                                       "top-node": "n2-format", "speed": 65536})
         steps: list[tuple[str, dict[str, Any]]] = [
@@ -290,8 +290,7 @@ def test_reopen_and_delete_during_commit(tmp_path: Path, qemu_img: str, qemu_io:
         _sync(s, out, "c0", "null")
         _nodes(s, out)
 
-    # How far the cancelled commit got differs (see drop_drain_events).
-    _compare(tmp_path, qemu_img, qemu_io, script, drop_drain_events=True, same_data=False)
+    _compare(tmp_path, qemu_img, qemu_io, script, add_chain=False, mask_progress=True)
 
 
 # -- active commit -------------------------------------------------------------------

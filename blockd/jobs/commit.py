@@ -417,6 +417,8 @@ class CommitJob(BlockJob):
         self.top_reader: BdrvChild | None = None
         self._prepared = False
         self._copier: RangeCopier | None = None
+        # job_sleep_ns() delay the last piece asked for (rate limit).
+        self._delay_ns = 0
 
     async def setup(self, speed: int, filter_node_name: str | None) -> None:
         """commit_start() after the argument checks, in QEMU's order; on failure
@@ -522,8 +524,11 @@ class CommitJob(BlockJob):
 
     async def _step_limited(self, top: BlockDriver, base: BlockDriver, length: int,
                             offset: int) -> int:
-        """One iteration of commit_run(): 512 KiB under the rate limit."""
-        await self.ratelimit_sleep()
+        """One iteration of QEMU 7.2's commit_run(): sleep what the previous
+        piece asked for (one sleep: a resume or a speed change ends it early,
+        as in 7.2), then 512 KiB."""
+        delay, self._delay_ns = self._delay_ns, 0
+        await self.sleep_ns(delay)
         if self.is_cancelled():
             return offset
         try:
@@ -536,7 +541,7 @@ class CommitJob(BlockJob):
             return offset
         self.progress_update(n)
         if allocated:
-            self.ratelimit_delay(n)
+            self._delay_ns = self.ratelimit_delay(n)
         return offset + n
 
     async def _run_fast(self, top: BlockDriver, base: BlockDriver, length: int,
