@@ -640,8 +640,12 @@ class Qcow2Driver(BlockDriver):
             await self._signal_corruption(
                 f"L2 table offset {_hx(l2_off)} unaligned (L1 index: {_hx(l1_idx)})"
             )
-        await self._check_host_range(l2_off, self.cluster_size, "L2 table")
-        slc, first, _ = await self._l2_slice(l2_off, l2_idx)
+        if l2_off + self.cluster_size > self._file_len:
+            await self._check_host_range(l2_off, self.cluster_size, "L2 table")
+        first = l2_idx - l2_idx % self.slice_entries
+        # The hot path: a cached slice needs no await.
+        cached = self.l2cache.peek(l2_off + first * self.l2_entry_size)
+        slc = cached if cached is not None else (await self._l2_slice(l2_off, l2_idx))[0]
         i = l2_idx - first
         if self.extl2:
             return list(struct.unpack_from(f">{2 * n}Q", slc, i * 16)[::2]), l2_off
@@ -718,7 +722,7 @@ class Qcow2Driver(BlockDriver):
                     out.append(Extent(s, t - s, ct, host, e, writable))
             pos = min(end, (first_cluster + len(pairs)) << self.cluster_bits)
         for ext in out:
-            if ext.ctype == ClusterType.NORMAL:
+            if ext.ctype == ClusterType.NORMAL and ext.host + ext.length > self._file_len:
                 await self._check_host_range(ext.host, ext.length, "Data cluster")
         return out
 
@@ -768,7 +772,7 @@ class Qcow2Driver(BlockDriver):
                 out.append(Extent(s, t - s, ct, host, e, writable))
             pos = min(end, (first_cluster + len(entries)) << self.cluster_bits)
         for ext in out:
-            if ext.ctype == ClusterType.NORMAL:
+            if ext.ctype == ClusterType.NORMAL and ext.host + ext.length > self._file_len:
                 await self._check_host_range(ext.host, ext.length, "Data cluster")
         return out
 
@@ -1053,7 +1057,8 @@ class Qcow2Driver(BlockDriver):
         fua: bool = False,
     ) -> None:
         self._check_writable()
-        await self._before_modify()
+        if self.header.autoclear_features & H.AUTOCLEAR_BITMAPS:
+            await self._before_modify()
         mv = memoryview(data).cast("B")
         if not len(mv):
             return
@@ -1184,7 +1189,9 @@ class Qcow2Driver(BlockDriver):
         c1 = (end - 1) >> self.cluster_bits
         n = c1 - c0 + 1
         l1_idx, _ = self._split(offset)
-        await self._writable_l2(l1_idx)
+        l1e = self.l1[l1_idx] if l1_idx < len(self.l1) else 0
+        if not (l1e & L1E_OFFSET_MASK and l1e & OFLAG_COPIED):
+            await self._writable_l2(l1_idx)
         old, _ = await self._entries(offset, n)
         bitmaps = await self._bitmaps(offset, n) if self.extl2 else None
         host = await self._alloc(n)

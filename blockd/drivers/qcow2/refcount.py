@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import errno
 import struct
+import sys
 from array import array
 from collections.abc import Awaitable, Callable
 
 from .cache import TableCache
 
 REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
+# array type codes of the refcount widths that are whole bytes (order 3..6).
+_ARRAY_CODES = {3: "B", 4: "H", 5: "I", 6: "Q"}
 
 
 def get_entry(block: bytes | bytearray, index: int, order: int) -> int:
@@ -213,12 +216,16 @@ class Refcounts:
             total = count
             # The reserve never reaches into ranges without a refcount block: it
             # must not change the metadata layout QEMU would produce.
-            while (
-                total < count + extra
-                and self._has_block(start + total)
-                and await self.get(start + total) == 0
-            ):
-                total += 1
+            per_block = 1 << self.block_bits
+            while total < count + extra and self._has_block(start + total):
+                c = start + total
+                block = await self.cache.get(self.table[c >> self.block_bits] & REFT_OFFSET_MASK)
+                idx = c & (per_block - 1)
+                limit = min(count + extra - total, per_block - idx)
+                n = zero_run(block, idx, self.order, limit)
+                total += n
+                if n < limit:
+                    break
             # The run is taken (as QEMU's alloc_clusters_noref() does by moving
             # the free-cluster index past it), so a refcount block created for it
             # lands behind it, where QEMU puts it.  Like QEMU (-EAGAIN, undo,
@@ -384,6 +391,8 @@ class Refcounts:
         first = offset >> self.cluster_bits
         last = (offset + length - 1) >> self.cluster_bits
         mask = (1 << self.block_bits) - 1
+        if self.order >= 3 and addend and await self._update_wide(first, last, addend):
+            return
         # Validate first, so a refused update changes nothing.
         if addend:
             for c in range(first, last + 1):
@@ -409,6 +418,50 @@ class Refcounts:
                     self.freed.append((i << self.cluster_bits, self.cluster_size))
             await self._write(block_off + lo_byte, bytes(block[lo_byte:hi_byte]))
             c = end + 1
+
+    async def _update_wide(self, first: int, last: int, addend: int) -> bool:
+        """update() for byte-multiple refcount widths, a block span at a time
+        (cluster reserves touch hundreds of entries at once); False, with
+        nothing changed, when a touched refcount block is missing."""
+        code = _ARRAY_CODES[self.order]
+        width = 1 << (self.order - 3)
+        mask = (1 << self.block_bits) - 1
+        spans: list[tuple[int, bytearray, int, int, int]] = []
+        c = first
+        while c <= last:
+            rt = c >> self.block_bits
+            block_off = self.table[rt] & REFT_OFFSET_MASK if rt < len(self.table) else 0
+            if not block_off:
+                return False
+            block = await self.cache.get(block_off)
+            end = min(last, c | mask)
+            spans.append((block_off, block, (c & mask) * width, ((end & mask) + 1) * width, c))
+            c = end + 1
+        values: list[array[int]] = []
+        # Validate everything first, so a refused update changes nothing.
+        for _, block, lo, hi, _ in spans:
+            vals = array(code, bytes(block[lo:hi]))
+            if width > 1 and sys.byteorder == "little":
+                vals.byteswap()
+            if addend < 0 and min(vals) < -addend:
+                raise RefcountError(errno.EINVAL, "Invalid argument")
+            if addend > 0 and max(vals) > self.max_refcount - addend:
+                raise RefcountError(errno.ERANGE, "Numerical result out of range")
+            values.append(vals)
+        for (block_off, block, lo, hi, c0), vals in zip(spans, values, strict=True):
+            new = array(code, [v + addend for v in vals])
+            if addend < 0:
+                for i, v in enumerate(new):
+                    if v == 0:
+                        cluster = c0 + i
+                        if cluster < self.free_cluster_index:
+                            self.free_cluster_index = cluster
+                        self.freed.append((cluster << self.cluster_bits, self.cluster_size))
+            if width > 1 and sys.byteorder == "little":
+                new.byteswap()
+            block[lo:hi] = new.tobytes()
+            await self._write(block_off + lo, bytes(block[lo:hi]))
+        return True
 
     def take_freed(self) -> list[tuple[int, int]]:
         """Host ranges whose refcount dropped to 0 since the last call, merged."""
