@@ -295,3 +295,19 @@ def test_stream_duplicate_id_and_drains(tmp_path: Path) -> None:
         NODES,
     ]
     _check(run_both(tmp_path, script, _setup))
+
+
+def test_stream_cancel_while_pending(tmp_path: Path) -> None:
+    """Cancelled after the copy, before finalize: aborted, the chain unchanged."""
+    script: list[Step] = [
+        *add_chain_steps(),
+        _stream(**{"auto-finalize": False, "auto-dismiss": False}),
+        ("until", "BLOCK_JOB_PENDING"),
+        ("cmd", "job-complete", {"id": "s0"}),
+        ("cmd", "job-cancel", {"id": "s0"}),
+        ("cmd", "query-block-jobs"),
+        ("cmd", "job-cancel", {"id": "s0"}),
+        ("cmd", "job-dismiss", {"id": "s0"}),
+        NODES,
+    ]
+    _check(run_both(tmp_path, script, _setup))
