@@ -2,8 +2,9 @@
 
 ``job`` holds the state machine and verbs, ``blockjob`` the block-job layer
 (events, speed, on-error, the nodes a job uses), ``manager`` the daemon's job
-list (``daemon.jobs``), ``ratelimit`` QEMU's slice rate limiter, ``stream``
-block-stream.
+list (``daemon.jobs``), ``ratelimit`` QEMU's slice rate limiter, ``drain``
+drained sections (jobs above a changed node pause and resume), ``graphops``
+chain walks and filter insertion, ``stream`` block-stream.
 """
 
 from blockd.jobs.blockjob import (
