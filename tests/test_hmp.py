@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -89,3 +90,78 @@ def test_info_version(tmp_path: Path) -> None:
         client.close()
     finally:
         blockd.stop()
+
+
+def _qemu_io_session(sock: str, img: str) -> list[bytes]:
+    client = RawClient(sock, negotiate=True)
+    out = []
+    for cmd in [
+        {"execute": "blockdev-add",
+         "arguments": {"driver": "file", "filename": img, "node-name": "af"}},
+        {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "file": "af",
+                                                  "node-name": "a"}},
+        {"execute": "blockdev-add",
+         "arguments": {"driver": "qcow2", "node-name": "ro", "read-only": True,
+                       "file": {"driver": "file", "filename": img, "read-only": True}}},
+    ] + [
+        {"execute": "human-monitor-command", "arguments": {"command-line": line}}
+        for line in (
+            'qemu-io af "write 0 512"',  # the qcow2 node above does not share write
+            'qemu-io a "write -P 0x11 0 512"',
+            'qemu-io a "read -P 0x11 0 512"',
+            'qemu-io a "read -P 0x22 0 512"',
+            'qemu-io ro "write 0 512"',
+            'qemu-io a "bogus"',
+            'qemu-io a "length"',
+        )
+    ]:
+        client.send(json.dumps(cmd).encode() + b"\n")
+        out.append(client.line())
+    client.close()
+    return out
+
+
+def _masked_stdout(path: Path) -> list[str]:
+    # Only the timing line's figures differ between runs.
+    return [re.sub(r"\d+\.\d+ sec.*", "T", line) for line in path.read_text().splitlines()
+            if line.strip()]
+
+
+@pytest.mark.qemu
+def test_hmp_qemu_io_on_live_nodes_matches_qemu_system(tmp_path: Path, qemu_img: str) -> None:
+    """qemu-io through HMP on real nodes: permissions of the unnamed BlockBackend,
+    read-only refusal, results on the daemon's stdout, errors in the reply."""
+    qemu = require_tool("qemu-system-x86_64")
+    results = []
+    for kind in ("qemu", "blockd"):
+        work = tmp_path / kind
+        work.mkdir()
+        img = str(work / "a.qcow2")
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", img, "1M"], check=True)
+        stdout = work / "stdout"
+        with open(stdout, "w") as out:
+            if kind == "qemu":
+                sock = str(work / "q.sock")
+                proc = subprocess.Popen(
+                    [qemu, "-machine", "none", "-nodefaults", "-display", "none",
+                     "-qmp", f"unix:{sock},server=on,wait=off"],
+                    stdout=out, stderr=subprocess.DEVNULL,
+                )
+                deadline = time.monotonic() + 30
+                while not os.path.exists(sock):
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.02)
+                try:
+                    replies = _qemu_io_session(sock, img)
+                finally:
+                    proc.terminate()
+                    proc.wait()
+            else:
+                daemon = start_blockd(work, stdout=out)
+                try:
+                    replies = _qemu_io_session(daemon.socket, img)
+                finally:
+                    daemon.stop()
+        results.append((replies, _masked_stdout(stdout)))
+    assert results[1][0] == results[0][0]
+    assert results[1][1] == results[0][1]

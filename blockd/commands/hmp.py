@@ -200,12 +200,25 @@ async def hmp_qemu_io(ctx: CommandContext, cur: Cursor, out: io.StringIO) -> Non
     cur.skip_spaces()
     if not cur.at_end():
         raise HMPArgError("extraneous characters at the end of line")
-    if qdev:
-        drv = ctx.daemon.lookup_device(device)
-    else:
-        drv = ctx.daemon.lookup_bs(device)
+    # Imported here: the qemu-io interpreter pulls in the drivers, which a
+    # daemon that never runs HMP qemu-io need not load at start-up.
     from blockd.tools.qemuio import run_qemu_io_command
 
-    # qemu-io output goes to the daemon's stdout; error_report() text becomes
-    # the monitor reply, as in QEMU.
-    await run_qemu_io_command(drv, command, sys.stdout, monitor=out)
+    if qdev:
+        # The device's own BlockBackend, with the permissions it already holds.
+        drv = ctx.daemon.lookup_device(device)
+        await run_qemu_io_command(drv, command, sys.stdout, monitor=out)
+        return
+    from blockd.graph.users import AnonymousBackend
+
+    # hmp_qemu_io: a new unnamed BlockBackend on the node, no permissions and
+    # everything shared, growing them as a command needs (QEMU's texts on conflict).
+    node = ctx.daemon.graph.find(None, device)
+    backend = AnonymousBackend(node)
+    try:
+        # qemu-io output goes to the daemon's stdout; error_report() text
+        # becomes the monitor reply, as in QEMU.
+        await run_qemu_io_command(node.driver, command, sys.stdout, monitor=out,
+                                  perm_hook=backend.request)
+    finally:
+        backend.close()

@@ -143,6 +143,8 @@ class QemuIo:
         self.err = err if err is not None else sys.stderr
         self.prog = prog
         self.blk = blk
+        # Set by the daemon: request write/resize through its BlockBackend.
+        self.perm_hook: Callable[[bool, bool], None] | None = None
         self.params: OpenParams | None = None
         # qemu-io runs with the write cache disabled unless -t says otherwise.
         self.writethrough = True
@@ -346,7 +348,10 @@ class QemuIo:
             return EINVAL
         if (ct.write or ct.resize) and self.blk is not None:
             try:
-                request_perms(self.blk, write=ct.write, resize=ct.resize)
+                if self.perm_hook is not None:
+                    self.perm_hook(ct.write, ct.resize)
+                else:
+                    request_perms(self.blk, write=ct.write, resize=ct.resize)
             except GenericError as e:
                 self.error_report_err(e)
                 return -errno.EPERM
@@ -1214,8 +1219,13 @@ async def run_qemu_io_command(
     drv: BlockDriver, cmdline: str, out: TextIO, err: TextIO | None = None,
     *, prog: str = "qemu-storage-daemon", monitor: TextIO | None = None,
     writethrough: bool = False,
+    perm_hook: Callable[[bool, bool], None] | None = None,
 ) -> None:
     """Run one qemu-io command on an open node (HMP ``qemu-io`` of QEMU).
+
+    ``perm_hook(write, resize)``: how a command that writes or resizes gets its
+    permissions (the daemon passes its BlockBackend's request), instead of
+    upgrading the node's file locks directly as the standalone tool does.
 
     As in QEMU 7.2 (measured with qemu-system-x86_64): results (printf) go to
     ``out`` — the process's stdout; fprintf(stderr) diagnostics such as
@@ -1227,6 +1237,7 @@ async def run_qemu_io_command(
     ``writethrough``: the BlockBackend's write cache is off (FUA-like writes).
     """
     session = QemuIo(out, err, prog=prog, blk=drv, standalone=False)
+    session.perm_hook = perm_hook
     session.monitor = monitor
     session.writethrough = writethrough
     await session.command(cmdline)
