@@ -6,7 +6,9 @@ Realize: channel/target/LUN assignment on the bus (scsi_qdev_realize), then
 ``drive property not set``, then the backend's permissions (blkconf:
 consistent-read, plus write unless the node is read-only; shared:
 consistent-read, write-unchanged, resize, and write with ``share-rw``).
-Plug: the controller's iothread, if any, takes the node graph over.
+Plug: the controller's context (its iothread's, else the main one) takes the
+node graph over, so a disk on a main-context controller cannot use a node that
+another device keeps in an iothread.
 """
 
 from __future__ import annotations
@@ -141,17 +143,15 @@ class ScsiHd(Device):
         self.backend.write_cache = self.props.get("write-cache", "auto") != "off"
 
     def plug(self) -> None:
-        """virtio_scsi_hotplug(): the controller's iothread takes the graph."""
+        """virtio_scsi_hotplug(): the controller's context takes the graph."""
         ctrl = self.bus.owner if self.bus is not None else None
-        if isinstance(ctrl, VirtioScsiPci) and ctrl.aio_context is not None \
-                and self.backend is not None:
+        if isinstance(ctrl, VirtioScsiPci) and ctrl.has_context and self.backend is not None:
             self.backend.set_aio_context(ctrl.aio_context)
 
     def unplug(self) -> None:
         """virtio_scsi_hotunplug(): back to the main context if it can go."""
         ctrl = self.bus.owner if self.bus is not None else None
-        if isinstance(ctrl, VirtioScsiPci) and ctrl.aio_context is not None \
-                and self.backend is not None:
+        if isinstance(ctrl, VirtioScsiPci) and ctrl.has_context and self.backend is not None:
             try:
                 self.backend.set_aio_context(None)
             except GenericError:

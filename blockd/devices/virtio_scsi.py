@@ -1,9 +1,9 @@
 """virtio-scsi-pci (alias virtio-scsi): a SCSI controller, optionally on an iothread.
 
 Its bus is ``<id>.0``, or ``scsi.<N>`` for a controller without an id (qbus
-automatic ids).  With ``iothread`` set, disks plugged into it move their node
-graph into that iothread's AioContext (virtio_scsi_hotplug) and back to the
-main context when unplugged.
+automatic ids).  Disks plugged into it move their node graph
+into its AioContext (virtio_scsi_hotplug: the iothread's, else the main one)
+and back to the main context when unplugged.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ class VirtioScsiPci(Device):
         super().__init__(manager)
         self.iothread: str | None = None
         self.props: dict[str, object] = {}
+
+    @property
+    def has_context(self) -> bool:
+        """virtio_scsi_dataplane_setup(): s->ctx is the iothread's, or the main
+        loop's when ioeventfd is on (the default); without ioeventfd there is none."""
+        return self.iothread is not None or self.props.get("ioeventfd", True) is not False
 
     @property
     def aio_context(self) -> str | None:
