@@ -16,7 +16,7 @@ from typing import Any
 from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec, OpenFlags, driver_class
 from blockd.drivers.file import FileDriver
 from blockd.drivers.open import parse_json_filename, probe_format, resolve_backing_path
-from blockd.graph import permissions
+from blockd.graph import aio_context, permissions
 from blockd.graph.naming import AutoNamer, check_node_name
 from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child
 from blockd.graph.options import (
@@ -91,9 +91,11 @@ class GraphOpener:
         self.namer = namer
         self.created: list[BlockNode] = []
         self.edges: list[BdrvChild] = []
+        self.aio_undo: aio_context.Undo = []  # AioContext moves made for new edges
 
     async def rollback(self) -> None:
         """Detach every edge made and close every node opened, newest first."""
+        aio_context.undo(self.aio_undo)
         touched: list[BlockNode] = []
         for c in reversed(self.edges):
             detach_child(c)
@@ -111,6 +113,8 @@ class GraphOpener:
     def _attach(
         self, parent: BlockNode, child: BlockNode, spec: ChildSpec, name: str
     ) -> BdrvChild:
+        # bdrv_attach_child_common(): child or parent changes AioContext.
+        self.aio_undo += aio_context.match_for_attach(parent, child)
         c = attach_child(parent, child, name, spec.role, slot=spec.slot)
         self.edges.append(c)
         # Take the permissions now: the driver may write during open.
