@@ -270,3 +270,25 @@ def test_unplug_returns_graph_to_main_context(tmp_path: Path, qemu_img: str) -> 
     ]
     assert_same(tmp_path, qemu_img, steps)
 
+
+
+def test_new_parent_follows_child_context(tmp_path: Path, qemu_img: str) -> None:
+    """blockdev-add of a node over a node a device keeps in an iothread: the new
+    node joins the iothread (bdrv_attach_child_common), so a disk on a
+    main-context controller cannot take it; the graph as x-debug shows it."""
+    steps: list[Any] = [
+        ("blockdev-add", 0),
+        ("object-add", {"qom-type": "iothread", "id": "iothread0"}),
+        ("device_add", {"driver": "virtio-scsi", "id": "scsi0", "iothread": "iothread0"}),
+        ("device_add", {"driver": "virtio-scsi", "id": "scsi1"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "bus": "scsi0.0", "id": "d0",
+                        "share-rw": True}),
+        ("blockdev-add", {"driver": "raw", "node-name": "r", "file": "hd0"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "r", "bus": "scsi1.0", "id": "e0",
+                        "share-rw": True}),
+        ("device_add", {"driver": "scsi-hd", "drive": "r", "bus": "scsi0.0", "id": "e1",
+                        "share-rw": True}),
+        ("x-debug-query-block-graph", {}),
+        "query-block",
+    ]
+    assert_same(tmp_path, qemu_img, steps)
