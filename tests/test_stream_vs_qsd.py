@@ -311,3 +311,22 @@ def test_stream_cancel_while_pending(tmp_path: Path) -> None:
         NODES,
     ]
     _check(run_both(tmp_path, script, _setup))
+
+
+def test_blockdev_del_during_stream(tmp_path: Path) -> None:
+    """A job's node edges are not BlockBackends: blockdev-del of a node the job
+    uses is refused by its op blocker (``is busy``), not as ``in use``."""
+    script: list[Step] = [
+        *add_chain_steps(),
+        _stream(speed=1),
+        ("cmd", "blockdev-del", {"node-name": "top"}),
+        ("cmd", "blockdev-del", {"node-name": "mid"}),
+        ("cmd", "blockdev-del", {"node-name": "top-file"}),
+        ("cmd", "block-job-cancel", {"device": "s0"}),
+        # The job may reach null before the cancel reply: count the transcript.
+        ("until_total", "JOB_STATUS_CHANGE", "null", 1),
+    ]
+    res = run_both(tmp_path, script, _setup)
+    assert res["blockd"][0] == res["qsd"][0]
+    assert any("is busy: block device is in use by block job: stream" in line
+               for line in res["blockd"][0])

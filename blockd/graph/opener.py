@@ -375,7 +375,9 @@ async def blockdev_del(graph: NodeRegistry, node_name: str) -> None:
     node = graph.lookup(node_name)
     if node is None:
         raise GenericError(f"Failed to find node with node-name='{node_name}'")
-    if any(c.parent is None for c in node.parents):
+    # bdrv_has_blk(): a BlockBackend ("root" edge) uses it.  A job's own node
+    # edges are not BlockBackends; they block through node.blockers below.
+    if any(c.parent is None and c.name == "root" for c in node.parents):
         raise GenericError(f"Node {node_name} is in use")
     busy = _busy_reason(node)
     if busy is not None:
