@@ -292,3 +292,26 @@ def test_new_parent_follows_child_context(tmp_path: Path, qemu_img: str) -> None
         "query-block",
     ]
     assert_same(tmp_path, qemu_img, steps)
+
+
+def test_buses_and_qemu_io_on_devices(tmp_path: Path, qemu_img: str) -> None:
+    """Explicit buses of the wrong kind, device paths that are not devices, and
+    HMP ``qemu-io -d`` on a disk, on a controller and on a missing device."""
+    steps: list[Any] = [
+        ("blockdev-add", 0),
+        ("human-monitor-command", {"command-line": 'qemu-io -d nodev "read 0 512"'}),
+        ("device_add", {"driver": "virtio-scsi", "id": "scsi0", "bus": "pci.0"}),
+        ("device_add", {"driver": "virtio-scsi", "id": "scsi1", "bus": "scsi0.0"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "id": "d0", "bus": "pci.0"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "id": "d0",
+                        "bus": "/machine/peripheral/scsi0/virtio-backend/scsi0.0"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "id": "d0"}),
+        ("human-monitor-command", {"command-line": 'qemu-io -d d0 "write -P 7 0 512"'}),
+        ("human-monitor-command", {"command-line": 'qemu-io -d scsi0 "read 0 512"'}),
+        ("human-monitor-command", {"command-line": 'qemu-io -d nodev "read 0 512"'}),
+        ("device_del", {"id": "/machine/peripheral"}),
+        ("device_del", {"id": "/machine/peripheral/d0"}),
+        ("event", "DEVICE_DELETED"),
+        "query-block",
+    ]
+    assert_same(tmp_path, qemu_img, steps)

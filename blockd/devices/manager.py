@@ -31,6 +31,8 @@ class DeviceManager:
         self.devices: list[Device] = []
         self._anon_count = 0
         self._bus_ids: dict[str, int] = {}
+        # The pc machine's PCI bus (PCI devices are not tracked on it).
+        self._pci = Bus("pci.0", "PCI", None)
 
     # -- lookups -----------------------------------------------------------------
 
@@ -67,8 +69,12 @@ class DeviceManager:
         raise DeviceNotFound(f"Device '{dev_id}' not found")
 
     def lookup_device(self, qdev_id: str) -> Any:
-        """blk_by_qdev_id() for HMP ``qemu-io -d``: the device's root driver."""
-        dev = self.find(qdev_id)
+        """blk_by_qdev_id() for HMP ``qemu-io -d``: the device's root driver.
+        (HMP prints any error the same way, so every error is a GenericError.)"""
+        try:
+            dev = self.find(qdev_id)
+        except DeviceNotFound as exc:
+            raise GenericError(exc.desc) from None
         backend = getattr(dev, "backend", None)
         if backend is None or backend.root is None:
             raise GenericError("Device does not have a block device backend")
@@ -113,16 +119,24 @@ class DeviceManager:
         self.devices.append(dev)
 
     def _find_bus(self, cls: type[Device], path: str | None) -> Bus | None:
-        """qbus_find(): an explicit bus by name, else the first of the kind."""
+        """qbus_find(): an explicit bus by name, else the first of the kind.
+
+        The machine's PCI bus is ``pci.0``; absolute paths start at the system
+        bus, whose devices (the PCI host bridge) are not modelled."""
         if path is not None:
-            name = path.strip("/").split("/")[-1]
-            bus = next((b for b in self.buses() if b.name == name), None)
+            if path.startswith("/"):
+                first = next((p for p in path.split("/") if p), "")
+                raise DeviceNotFound(f"Device '{first}' not found")
+            if path == "pci.0":
+                bus: Bus | None = self._pci
+            else:
+                bus = next((b for b in self.buses() if b.name == path), None)
             if bus is None:
                 raise GenericError(f"Bus '{path}' not found")
-            if cls.bus_kind is None or bus.kind != cls.bus_kind:
+            if bus.kind != (cls.bus_kind or "PCI"):
                 raise GenericError(
                     f"Device '{cls.type_name}' can't go on {bus.kind} bus")
-            return bus
+            return None if bus is self._pci else bus
         if cls.bus_kind is None:
             return None
         bus = next((b for b in self.buses() if b.kind == cls.bus_kind), None)

@@ -20,7 +20,7 @@ class Bus:
     """A qbus: ``name`` ("scsi0.0"), its kind ("SCSI") and the devices on it,
     most recently plugged first (QEMU inserts at the head)."""
 
-    def __init__(self, name: str, kind: str, owner: Device) -> None:
+    def __init__(self, name: str, kind: str, owner: Device | None) -> None:
         self.name = name
         self.kind = kind
         self.owner = owner
