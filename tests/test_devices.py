@@ -315,3 +315,24 @@ def test_buses_and_qemu_io_on_devices(tmp_path: Path, qemu_img: str) -> None:
         "query-block",
     ]
     assert_same(tmp_path, qemu_img, steps)
+
+
+def test_anonymous_controller_buses(tmp_path: Path, qemu_img: str) -> None:
+    """Controllers without an id get buses ``scsi.N`` counted among themselves;
+    a disk without ``bus`` goes to the newest controller (LUN clash shows it)."""
+    steps: list[Any] = [
+        ("blockdev-add", 0),
+        ("device_add", {"driver": "virtio-scsi"}),
+        ("device_add", {"driver": "virtio-scsi", "id": "s1"}),
+        ("device_add", {"driver": "virtio-scsi"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "share-rw": True, "id": "a",
+                        "scsi-id": 1, "lun": 0}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "share-rw": True, "id": "b",
+                        "bus": "scsi.1", "scsi-id": 1, "lun": 0}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "share-rw": True, "id": "c",
+                        "bus": "scsi.0", "scsi-id": 1, "lun": 0}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "share-rw": True, "id": "d",
+                        "bus": "scsi.2"}),
+        ("qom-list", {"path": "/machine/peripheral-anon"}),
+    ]
+    assert_same(tmp_path, qemu_img, steps)
