@@ -459,3 +459,34 @@ def test_active_commit_read_error(tmp_path: Path, qemu_img: str, qemu_io: str) -
         s.close()
     finally:
         proc.stop()
+
+
+def test_active_commit_into_mid_with_pause(tmp_path: Path, qemu_img: str, qemu_io: str,
+                                           qsd: str) -> None:
+    """Active commit into the middle image, libvirt style (auto-dismiss false):
+    pause/resume while READY (standby), query, complete, dismiss."""
+
+    def script(s: Session, d: Path, out: list[str]) -> None:
+        _cmd(s, out, "block-commit", {"job-id": "c0", "device": "n1-format",
+                                      "base-node": "n2-format", "auto-dismiss": False})
+        s.wait_status("c0", "ready")
+        s.wait_event(lambda e: e["event"] == "BLOCK_JOB_READY")
+        out += s.take_events()
+        _cmd(s, out, "job-pause", {"id": "c0"})
+        _sync(s, out, "c0", "standby")
+        _cmd(s, out, "query-block-jobs")
+        _cmd(s, out, "job-resume", {"id": "c0"})
+        _sync(s, out, "c0", "ready")
+        _cmd(s, out, "job-complete", {"id": "c0"})
+        _sync(s, out, "c0", "concluded")
+        _cmd(s, out, "query-jobs")
+        _cmd(s, out, "job-dismiss", {"id": "c0"})
+        _sync(s, out, "c0", "null")
+        _nodes(s, out)
+
+    _compare(tmp_path, qemu_img, qemu_io, script)
+    for side in ("q", "b"):
+        d = tmp_path / side
+        r = subprocess.run([qemu_img, "compare", str(d / "mid.qcow2"), str(d / "top.qcow2")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout
