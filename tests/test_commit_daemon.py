@@ -131,7 +131,33 @@ ERROR_CASES: list[dict[str, Any]] = [
     {"device": "n1-format", "job-id": "x", "top-node": "n2-format",
      "filter-node-name": "n1-format"},
     {"device": "n1-format", "job-id": "x", "backing-mask-protocol": True},
+    {"device": "n1-format", "job-id": "x", "filter-node-name": "1bad"},
+    {"device": "n1-format", "job-id": "x", "top-node": "n2-format", "filter-node-name": "1bad"},
+    {"device": "n1-format"},
 ]
+
+
+def test_base_cannot_become_writable(tmp_path: Path, qemu_img: str, qemu_io: str,
+                                     qsd: str) -> None:
+    """The base's file node is read-only without auto-read-only: reopening the
+    base read-write fails (after ``created`` for an intermediate commit, before
+    any job for an active one) and nothing changes."""
+
+    def script(s: Session, d: Path, out: list[str]) -> None:
+        for name, args in libvirt_chain_cmds(d):
+            if args["node-name"] == "n3-storage":
+                args = {**args, "auto-read-only": False, "read-only": True}
+            s.ok(name, args)
+        for args in ({"device": "n1-format", "job-id": "a", "top-node": "n2-format"},
+                     {"device": "n1-format", "job-id": "b"}):
+            _cmd(s, out, "block-commit", args)
+            s.drain_events(0.05)
+            out += s.take_events()
+        _nodes(s, out)
+
+    out = _compare(tmp_path, qemu_img, qemu_io, script, add_chain=False)
+    refused = '<< {"error": {"class": "GenericError", "desc": "Block node is read-only"}}'
+    assert out.count(refused) == 2
 
 
 def test_argument_errors(tmp_path: Path, qemu_img: str, qemu_io: str, qsd: str) -> None:
