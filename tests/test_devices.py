@@ -125,8 +125,16 @@ def run_scenario(tmp_path: Path, qemu_img: str, steps: list[Any]) -> list[list[A
                     out.append(wait_event(vm, step[1]))
                     continue
                 cmd, given = step
-                args = _hd(workdir, given) if isinstance(given, int) else given
-                out.append([cmd, given, vm.qmp(cmd, **args)])
+                if isinstance(given, int):
+                    args = _hd(workdir, given)
+                elif isinstance(given, tuple):  # (index, extra options)
+                    args = _hd(workdir, given[0]) | given[1]
+                else:
+                    args = given
+                # Paths differ between the two runs: compare them relative.
+                reply = json.loads(json.dumps(vm.qmp(cmd, **args)).replace(
+                    str(workdir), "DIR"))
+                out.append([cmd, given, reply])
         finally:
             vm.shutdown()
         transcripts.append(out)
@@ -334,5 +342,24 @@ def test_anonymous_controller_buses(tmp_path: Path, qemu_img: str) -> None:
         ("device_add", {"driver": "scsi-hd", "drive": "hd0", "share-rw": True, "id": "d",
                         "bus": "scsi.2"}),
         ("qom-list", {"path": "/machine/peripheral-anon"}),
+    ]
+    assert_same(tmp_path, qemu_img, steps)
+
+
+def test_read_only_node_and_disk_options(tmp_path: Path, qemu_img: str) -> None:
+    """Disks on a read-only node take no write permission (several may share
+    it without share-rw); write-cache=off shows in query-block; option errors."""
+    steps: list[Any] = [
+        ("blockdev-add", (0, {"read-only": True})),
+        ("device_add", {"driver": "virtio-scsi", "id": "scsi0"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "", "id": "d9"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "id": "d0"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "id": "d1", "write-cache": "off"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "id": "d2",
+                        "write-cache": "bogus"}),
+        ("device_add", {"driver": "scsi-hd", "drive": "hd0", "id": "d3", "werror": "stop",
+                        "rerror": "nope"}),
+        ("query-block", {}),
+        ("x-debug-query-block-graph", {}),
     ]
     assert_same(tmp_path, qemu_img, steps)

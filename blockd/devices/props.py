@@ -58,3 +58,10 @@ def parse_uint32(name: str, text: str) -> int:
     if value > 0xFFFFFFFF:
         raise GenericError(f"Parameter '{name}' expects uint32_t")
     return value
+
+
+def parse_enum(name: str, text: str, values: tuple[str, ...]) -> str:
+    """An enum property (OnOffAuto, BlockdevOnError, ...)."""
+    if text not in values:
+        raise GenericError(f"Parameter '{name}' does not accept value '{text}'")
+    return text

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from blockd.devices.backend import DeviceBackend
-from blockd.devices.props import parse_bool, parse_uint32
+from blockd.devices.props import parse_bool, parse_enum, parse_uint32
 from blockd.devices.qdev import Device
 from blockd.devices.virtio_scsi import MAX_CHANNEL, MAX_LUN, MAX_TARGET, VirtioScsiPci
 from blockd.drivers.locking import (
@@ -36,8 +36,12 @@ _UINT_PROPS = frozenset({"logical_block_size", "physical_block_size", "min_io_si
                          "opt_io_size", "discard_granularity", "max_unmap_size",
                          "max_io_size", "rotation_rate"})
 _STR_PROPS = frozenset({"serial", "vendor", "product", "ver", "device_id", "wwn",
-                        "port_wwn", "port_index", "write-cache", "rerror", "werror",
-                        "bootindex"})
+                        "port_wwn", "port_index", "bootindex"})
+_ENUM_PROPS: dict[str, tuple[str, ...]] = {
+    "write-cache": ("on", "off", "auto"),
+    "rerror": ("report", "ignore", "enospc", "stop", "auto"),
+    "werror": ("report", "ignore", "enospc", "stop", "auto"),
+}
 
 
 class ScsiHd(Device):
@@ -68,6 +72,8 @@ class ScsiHd(Device):
             self.props[name] = parse_bool(name, value)
         elif name in _UINT_PROPS:
             self.props[name] = parse_uint32(name, value)
+        elif name in _ENUM_PROPS:
+            self.props[name] = parse_enum(name, value, _ENUM_PROPS[name])
         elif name in _STR_PROPS:
             self.props[name] = value
         else:
@@ -78,6 +84,8 @@ class ScsiHd(Device):
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+        if ref == "":
+            return  # an empty name leaves the property unset
         node = self.manager.daemon.graph.lookup(ref)
         if node is None:
             raise GenericError(f"Property '{self.type_name}.drive' can't find value '{ref}'")
