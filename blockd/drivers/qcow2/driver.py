@@ -22,7 +22,7 @@ import errno
 import os
 import struct
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -836,26 +836,51 @@ class Qcow2Driver(BlockDriver):
         Once half of it is used, the next reserve is taken and made stable by a
         barrier running in the background, so sequential writes do not wait for
         an fdatasync of everything written since the last one.  A crash leaks the
-        unused reserves at worst.
+        unused reserves at worst.  Nothing is awaited once the clusters are taken,
+        so a cancelled caller cannot lose them.
         """
-        pool = self._pool_end - self._pool_start
-        if (pool < count or self._pool_end == 0) and not await self._take_next_pool(count):
-            await self._release_pool()
-            if self.use_lazy_refcounts:
-                await self._mark_dirty()
-            off, total = await self.rc.alloc_clusters(count, max(0, self._pool_chunk - count))
-            await self._barrier()
-            self._pool_start = off >> self.cluster_bits
-            self._pool_end = self._pool_start + total
-        off = self._pool_start << self.cluster_bits
-        self._pool_start += count
+        if self._pool_end - self._pool_start < count or self._pool_end == 0:
+            await self._settled(self._refill_pool(count))
         if (
             self._next_pool is None
             and self._barriers
-            and (self._pool_end - self._pool_start) * 2 < self._pool_chunk
+            and (self._pool_end - self._pool_start - count) * 2 < self._pool_chunk
         ):
-            await self._prefetch_pool()
+            await self._settled(self._prefetch_pool())
+        off = self._pool_start << self.cluster_bits
+        self._pool_start += count
         return off
+
+    async def _settled(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run reserve bookkeeping (refcount writes, then recording what they
+        did) to its end even when the caller is cancelled meanwhile, so no
+        reserve is raised on disk but forgotten; the caller keeps the lock until
+        then, and the cancellation is raised after."""
+        task = asyncio.ensure_future(work)
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = cancelled or not task.done()
+            except Exception:
+                break
+        if cancelled:
+            if not task.cancelled():
+                task.exception()  # retrieved: the cancellation wins
+            raise asyncio.CancelledError()
+        task.result()
+
+    async def _refill_pool(self, count: int) -> None:
+        if await self._take_next_pool(count):
+            return
+        await self._release_pools()
+        if self.use_lazy_refcounts:
+            await self._mark_dirty()
+        off, total = await self.rc.alloc_clusters(count, max(0, self._pool_chunk - count))
+        await self._barrier()
+        self._pool_start = off >> self.cluster_bits
+        self._pool_end = self._pool_start + total
 
     async def _prefetch_pool(self) -> None:
         """Take the next reserve now (refcounts raised, as a one-cluster request
@@ -874,10 +899,7 @@ class Qcow2Driver(BlockDriver):
         if nxt is None or ready is None or nxt[1] - nxt[0] < count:
             return False
         try:
-            # Shielded: a cancelled request must not cancel the shared barrier.
-            await asyncio.shield(ready)
-        except asyncio.CancelledError:
-            raise
+            await ready
         except BaseException:
             # Never made stable: never used (its clusters leak).
             self._next_pool = self._next_ready = None
@@ -888,16 +910,19 @@ class Qcow2Driver(BlockDriver):
         return True
 
     async def _release_current_pool(self) -> None:
-        if self._pool_end > self._pool_start:
-            cb = self.cluster_bits
-            await self.rc.update(
-                self._pool_start << cb, (self._pool_end - self._pool_start) << cb, -1
-            )
-            self.rc.take_freed()
+        start, end = self._pool_start, self._pool_end
+        # Forgotten first: a failed update must not be retried on top of itself.
         self._pool_start = self._pool_end = 0
+        if end > start:
+            cb = self.cluster_bits
+            await self.rc.update(start << cb, (end - start) << cb, -1)
+            self.rc.take_freed()
 
     async def _release_pool(self) -> None:
         """Give the unused reserves back (they were never referenced)."""
+        await self._settled(self._release_pools())
+
+    async def _release_pools(self) -> None:
         await self._release_current_pool()
         nxt, ready = self._next_pool, self._next_ready
         if nxt is None:
@@ -906,7 +931,7 @@ class Qcow2Driver(BlockDriver):
         if ready is not None:
             # Let the barrier finish first: it must not outlive the file.
             with contextlib.suppress(Exception):
-                await asyncio.shield(ready)
+                await ready
         cb = self.cluster_bits
         await self.rc.update(nxt[0] << cb, (nxt[1] - nxt[0]) << cb, -1)
         self.rc.take_freed()
@@ -925,16 +950,25 @@ class Qcow2Driver(BlockDriver):
             await self._barrier()
 
     async def _writable_l2(self, l1_idx: int) -> int:
-        """Offset of an L2 table this image alone owns, allocating/COWing as needed."""
+        """Offset of an L2 table this image alone owns, allocating/COWing as needed.
+
+        The switch to a new table runs to its end even when the caller is
+        cancelled meanwhile, so a written table is never left unlinked (leaked).
+        """
         if l1_idx >= len(self.l1):
             raise _eio("qcow2: L1 index out of range")
         l1e = self.l1[l1_idx]
         old = l1e & L1E_OFFSET_MASK
         if old and l1e & OFLAG_COPIED:
             return old
-        new = await self._alloc(1)
         if old:
             await self._check_host_range(old, self.cluster_size, "L2 table")
+        await self._settled(self._switch_l2(l1_idx, old))
+        return self.l1[l1_idx] & L1E_OFFSET_MASK
+
+    async def _switch_l2(self, l1_idx: int, old: int) -> None:
+        new = await self._alloc(1)
+        if old:
             content = bytearray(await self._pread(old, self.cluster_size))
         else:
             content = bytearray(self.cluster_size)
@@ -951,7 +985,6 @@ class Qcow2Driver(BlockDriver):
         if old:
             self.l2cache.drop_range(old, self.cluster_size)
             await self._free(old, self.cluster_size, DISCARD_OTHER)
-        return new
 
     async def _set_entries(
         self,
@@ -1253,6 +1286,9 @@ class Qcow2Driver(BlockDriver):
             if err is None:
                 linked = True
             else:
+                # Until the file says otherwise (the probe itself may be cancelled),
+                # the entries may be the new ones: never free what they may name.
+                linked = "unknown"
                 _, old_l2 = self._l2_piece(guest, plan.old, plan.old_bitmaps)
                 linked = await self._probe_l2(l2_at, l2_bytes, old_l2)
                 raise err
