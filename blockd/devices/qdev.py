@@ -73,11 +73,17 @@ class Device(QObject):
         """Tear the device down (device_del or failure after realize)."""
 
 
+class Machine(Container):
+    """``/machine``: the pc machine type the oracle runs (``-machine pc``)."""
+
+    type_name = "pc-i440fx-7.2-machine"
+
+
 def machine_containers(root: QObject) -> tuple[Container, Container]:
     """``/machine/peripheral`` and ``/machine/peripheral-anon``, made on first use."""
     machine = root.children.get("machine")
     if not isinstance(machine, Container):
-        machine = Container()
+        machine = Machine()
         root.add_child("machine", machine)
     out: list[Container] = []
     for name in ("peripheral", "peripheral-anon"):
