@@ -280,13 +280,15 @@ def _run(args: list[str], check: bool, combine_stdio: bool = True,
 
 
 def qemu_img_create_prepare_args(args: list[str]) -> list[str]:
-    """Add ``-f IMGFMT`` and ``IMGOPTS`` to a ``create`` as QEMU's helper does."""
+    """Add ``IMGOPTS`` to a ``create`` of an ``IMGFMT`` image, as QEMU 7.2's helper.
+
+    Like QEMU's, it adds no ``-f``: ``qemu_img('create', path, size)`` makes a
+    raw image (030's and 040's backing files rely on that).
+    """
     if not args or args[0] != "create":
         return list(args)
     rest = list(args[1:])
-    if "-f" not in rest:
-        rest = ["-f", imgfmt, *rest]
-    fmt = rest[rest.index("-f") + 1]
+    fmt = rest[rest.index("-f") + 1] if "-f" in rest else None
     if imgopts and fmt == imgfmt and "-o" not in rest:
         rest = ["-o", imgopts, *rest]
     return ["create", *rest]
