@@ -252,17 +252,6 @@ def errno_of(e: BaseException) -> int:
     return errno.EIO
 
 
-_ZEROS = bytes(FAST_CHUNK)
-
-
-def is_zero(buf: bytes | bytearray | memoryview) -> bool:
-    """Whether a buffer read back is all zeros (written as a zero write)."""
-    n = len(buf)
-    if n <= len(_ZEROS):
-        return bytes(buf) == _ZEROS[:n]
-    return not any(buf)
-
-
 def _host_fd(layer: BlockDriver) -> int | None:
     """The descriptor a qcow2 layer's plainly mapped data can be read from
     (its buffered ``file`` child), or None when reads must go through it."""
@@ -277,9 +266,9 @@ def _host_fd(layer: BlockDriver) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def _pread_into(fd: int, buf: bytearray, offset: int, length: int) -> bool:
+def _pread_into(fd: int, buf: bytearray, offset: int, length: int) -> None:
     """Fill buf[:length] from the host file (zeros past its end), in a pool
-    thread; returns whether the data is all zeros."""
+    thread."""
     mv = memoryview(buf)
     got = 0
     while got < length:
@@ -288,16 +277,15 @@ def _pread_into(fd: int, buf: bytearray, offset: int, length: int) -> bool:
             mv[got:length] = bytes(length - got)
             break
         got += n
-    if length == len(buf) == len(_ZEROS):
-        return buf == _ZEROS
-    return buf.count(0, 0, length) == length
 
 
 class RangeCopier:
     """Copies ranges of the chain ``top`` .. above ``stop`` into ``target``:
     each run from the layer that allocates it (what a read through ``top``
     returns there), plainly mapped qcow2 data straight from the layer's file
-    into a reused buffer in one pool call, zeros as zero writes.
+    into a reused buffer in one pool call.  Ranges the source layer reports as
+    zero become zero writes; data is copied as read, without scanning it for
+    zeros (QEMU's commit and mirror copy data as data too).
 
     Errors are raised as :class:`CopyError` saying whether the source (status,
     read) or the target (write) failed."""
@@ -352,12 +340,11 @@ class RangeCopier:
                         buf = pooled
                     else:
                         buf = bytearray(n)
-                    zero = await run_io(_pread_into, fd, buf, host, n)
-                    data = None if zero else memoryview(buf)[:n]
+                    await run_io(_pread_into, fd, buf, host, n)
+                    data = memoryview(buf)[:n]
                 else:
                     # Compressed/encrypted data, other formats, or below stop.
-                    raw = await (layer or self.top).read(offset, n)
-                    data = None if is_zero(raw) else raw
+                    data = await (layer or self.top).read(offset, n)
             except (OSError, GenericError) as e:
                 raise CopyError(True, e) from e
             try:
