@@ -87,6 +87,8 @@ class DirtyMap:
         self.hint = min(self.hint, first)
 
     def reset(self, offset: int, n: int) -> None:
+        if n <= 0:
+            return
         g = self.granularity
         for i in range(offset // g, min(len(self.bits), -(-(offset + n) // g))):
             if self.bits[i]:
