@@ -66,8 +66,9 @@ PERM_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, PERM_RESIZE = 0x1, 0x2, 0x4, 0x8
 COMMIT_BUFFER_SIZE = 512 * 1024
 FAST_CHUNK = 4 * 1024 * 1024
 FAST_WORKERS = 2
-# How much allocation status one query may cover.
-EXTENT_QUERY = 1 << 30
+# How much allocation status one query may cover: a query is CPU work on the
+# event loop, so it is kept to a few milliseconds (QMP stays responsive).
+EXTENT_QUERY = 64 << 20
 
 
 # -- graph helpers -------------------------------------------------------------------
@@ -553,6 +554,8 @@ class CommitJob(BlockJob):
                 if self.is_cancelled():
                     break
                 if offset >= extent_end:
+                    if extent_end > extent_start:
+                        await asyncio.sleep(0)
                     try:
                         extent = await copier.source(offset, min(EXTENT_QUERY, length - offset))
                     except (OSError, GenericError) as e:

@@ -36,6 +36,7 @@ from blockd.graph.registry import NodeRegistry
 from blockd.graph.users import attach_user, detach_user
 from blockd.jobs.blockjob import BlockJob, JobBackend, create_block_job
 from blockd.jobs.commit import (
+    EXTENT_QUERY,
     PERM_READ,
     PERM_RESIZE,
     PERM_WRITE,
@@ -397,9 +398,13 @@ class ActiveCommitJob(BlockJob):
         """mirror_dirty_init(): everything allocated above base is dirty."""
         offset = 0
         while offset < length:
+            await self.pause_point()
             if self.is_cancelled():
                 return
-            allocated, n = await is_allocated_above(top, base, offset, length - offset)
+            allocated, n = await is_allocated_above(top, base, offset,
+                                                    min(EXTENT_QUERY, length - offset))
+            # Each query is CPU work on the event loop: let QMP in between.
+            await asyncio.sleep(0)
             n = max(1, n)
             if allocated:
                 dirty.set(offset, n)
