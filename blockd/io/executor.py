@@ -160,6 +160,9 @@ class IOPool:
             os.eventfd_write(efd, 1)
         for t in threads:
             t.join(timeout=5)
+        # Exited workers leave their tokens behind: nothing may write to their
+        # eventfds once closed (the numbers get reused).
+        self._idle.clear()
         for efd, t in zip(efds, threads, strict=True):
             if not t.is_alive():
                 os.close(efd)
