@@ -516,3 +516,39 @@ def test_active_commit_into_mid_with_pause(tmp_path: Path, qemu_img: str, qemu_i
         r = subprocess.run([qemu_img, "compare", str(d / "mid.qcow2"), str(d / "top.qcow2")],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize("mode", ["intermediate", "active"])
+def test_base_shorter_than_top_grows(tmp_path: Path, qemu_img: str, qemu_io: str, qsd: str,
+                                     mode: str) -> None:
+    """A 2 MiB base under 4 MiB layers: the job resizes the base first."""
+
+    def script(s: Session, d: Path, out: list[str]) -> None:
+        for name in ("base", "mid", "top"):
+            (d / f"{name}.qcow2").unlink()
+        qemu_img_run(qemu_img, "create", "-f", "qcow2", str(d / "base.qcow2"), str(2 * MiB))
+        qemu_io_run(qemu_io, "-f", "qcow2", "-c", f"write -P 0xaa 0 {2 * MiB}",
+                    str(d / "base.qcow2"))
+        qemu_img_run(qemu_img, "create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+                     str(d / "mid.qcow2"), str(4 * MiB))
+        qemu_io_run(qemu_io, "-f", "qcow2", "-c", f"write -P 0xbb {MiB} {2 * MiB}",
+                    str(d / "mid.qcow2"))
+        qemu_img_run(qemu_img, "create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2",
+                     str(d / "top.qcow2"))
+        for name, add in libvirt_chain_cmds(d):
+            s.ok(name, add)
+        args: dict[str, Any] = {"job-id": "c0", "device": "n1-format"}
+        if mode == "intermediate":
+            args["top-node"] = "n2-format"
+        _cmd(s, out, "block-commit", args)
+        if mode == "active":
+            s.wait_status("c0", "ready")
+            s.wait_event(lambda e: e["event"] == "BLOCK_JOB_READY")
+            _cmd(s, out, "job-complete", {"id": "c0"})
+        _sync(s, out, "c0", "null")
+        _nodes(s, out)
+
+    _compare(tmp_path, qemu_img, qemu_io, script, add_chain=False)
+    info = json.loads(qemu_img_run(qemu_img, "info", "--output=json",
+                                   str(tmp_path / "b" / "base.qcow2")))
+    assert info["virtual-size"] == 4 * MiB
