@@ -552,3 +552,32 @@ def test_base_shorter_than_top_grows(tmp_path: Path, qemu_img: str, qemu_io: str
     info = json.loads(qemu_img_run(qemu_img, "info", "--output=json",
                                    str(tmp_path / "b" / "base.qcow2")))
     assert info["virtual-size"] == 4 * MiB
+
+
+def test_cancel_while_pending(tmp_path: Path, qemu_img: str, qemu_io: str, qsd: str) -> None:
+    """Cancelling a job that waits for job-finalize: the intermediate commit
+    aborts (chain unchanged, base read-only again), the completed active
+    commit aborts without its pivot."""
+
+    def script(s: Session, d: Path, out: list[str]) -> None:
+        _cmd(s, out, "block-commit", {"job-id": "c0", "device": "n1-format",
+                                      "top-node": "n2-format", "auto-finalize": False,
+                                      "auto-dismiss": False})
+        s.wait_status("c0", "pending")
+        s.wait_event(lambda e: e["event"] == "BLOCK_JOB_PENDING")
+        _cmd(s, out, "job-cancel", {"id": "c0"})
+        _sync(s, out, "c0", "concluded")
+        _cmd(s, out, "query-jobs")
+        _nodes(s, out)
+        _cmd(s, out, "block-commit", {"job-id": "c1", "device": "n1-format",
+                                      "auto-finalize": False})
+        s.wait_status("c1", "ready")
+        s.wait_event(lambda e: e["event"] == "BLOCK_JOB_READY")
+        _cmd(s, out, "block-job-complete", {"device": "c1"})
+        s.wait_status("c1", "pending")
+        s.wait_event(lambda e: e["event"] == "BLOCK_JOB_PENDING")
+        _cmd(s, out, "block-job-cancel", {"device": "c1"})
+        _sync(s, out, "c1", "null")
+        _nodes(s, out)
+
+    _compare(tmp_path, qemu_img, qemu_io, script)
