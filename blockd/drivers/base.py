@@ -341,7 +341,7 @@ def _load_builtin_drivers() -> None:
     import importlib
 
     for mod in ("file", "raw", "null", "qcow2", "throttle", "compress", "copy_on_read",
-                "blkdebug", "blkverify", "quorum", "commit_top", "mirror_top"):
+                "blkdebug", "blkverify", "quorum"):
         name = f"blockd.drivers.{mod}"
         try:
             importlib.import_module(name)

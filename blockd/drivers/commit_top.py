@@ -5,14 +5,15 @@ It exists so that the overlay's backing link points at something the job owns
 for the job's life: reads go through to the top node, the filter takes no
 permissions on it and shares everything (the job takes what it needs with its
 own edges).  It is created by the job, never by blockdev-add, and has no
-options.
+options.  Like QEMU's, these filter drivers are not registered as formats
+(``qemu-img --help`` does not list them; no one can open them by name).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec, OpenFlags, register_driver
+from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec, OpenFlags
 from blockd.drivers.compress import FilterPassthrough
 from blockd.qmp.errors import GenericError
 
@@ -38,7 +39,6 @@ class BackingFilter(FilterPassthrough):
         self._open_options = dict(options)
 
 
-@register_driver
 class CommitTopDriver(BackingFilter):
     name: ClassVar[str] = "commit_top"
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from blockd.drivers.base import ChildRole, register_driver
+from blockd.drivers.base import ChildRole
 from blockd.drivers.commit_top import PERM_ALL, BackingFilter
 
 _PERM_WRITE, _PERM_RESIZE = 0x2, 0x8
 
 
-@register_driver
 class MirrorTopDriver(BackingFilter):
     name: ClassVar[str] = "mirror_top"
 

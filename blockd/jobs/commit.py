@@ -30,16 +30,15 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
-import blockd.drivers.commit_top  # noqa: F401  (registers the filter driver)
 from blockd.drivers.base import (
     BlockDriver,
     BlockStatusFlag,
     ChildRole,
     OpenFlags,
-    driver_class,
     is_allocated_above,
     run_io,
 )
+from blockd.drivers.commit_top import CommitTopDriver
 from blockd.drivers.locking import BLK_PERM_ALL
 from blockd.graph import permissions
 from blockd.graph.backing import (
@@ -161,15 +160,15 @@ def get_root_bs(graph: NodeRegistry, device: str) -> BlockNode:
 
 
 def new_filter_node(
-    graph: NodeRegistry, drv_name: str, node_name: str | None, read_only: bool
+    graph: NodeRegistry, drv_cls: type[BlockDriver], node_name: str | None, read_only: bool
 ) -> BlockNode:
     """bdrv_new_open_driver(): an option-less filter node, ``#blockNNN`` and
     implicit when the user gave no name."""
     if node_name is not None:
         check_node_name(node_name, node_name in graph)
-    drv = driver_class(drv_name)()
+    drv = drv_cls()
     name = node_name if node_name is not None else graph.namer.next()
-    node = BlockNode(name, drv, options={"driver": drv_name, "node-name": name},
+    node = BlockNode(name, drv, options={"driver": drv.name, "node-name": name},
                      read_only=read_only, implicit=node_name is None,
                      auto_named=node_name is None)
     drv.flags = OpenFlags(read_only=read_only)
@@ -419,7 +418,8 @@ class CommitJob(BlockJob):
             self.base_read_only = base.read_only
             if self.base_read_only:
                 await set_read_only(self.graph, base, False)
-            self.commit_top = new_filter_node(self.graph, "commit_top", filter_node_name, True)
+            self.commit_top = new_filter_node(self.graph, CommitTopDriver, filter_node_name,
+                                              True)
             append_filter(self.commit_top, top)
             # The nodes that disappear from the chain afterwards.
             shared = PERM_WRITE_UNCHANGED | PERM_WRITE

@@ -225,7 +225,8 @@ class ActiveCommitJob(BlockJob):
         if base_read_only:
             await set_read_only(self.graph, base, False)
         try:
-            self.mirror_top = new_filter_node(self.graph, "mirror_top", filter_node_name, False)
+            self.mirror_top = new_filter_node(self.graph, MirrorTopDriver, filter_node_name,
+                                              False)
             append_filter(self.mirror_top, top)
         except BaseException:
             if self.mirror_top is not None and not self.mirror_top.closed:
