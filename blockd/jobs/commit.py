@@ -115,6 +115,39 @@ def find_overlay(active: BlockNode, node: BlockNode) -> BlockNode | None:
     return None
 
 
+def filtered_base(top: BlockNode, base: BlockNode) -> BlockNode | None:
+    """bdrv_cow_bs(bdrv_find_overlay(top, base)): the topmost node from which
+    everything down to ``base`` is a filter over it."""
+    base_real = skip_filters(base)
+    node = skip_filters(top)
+    for _ in range(100000):
+        b = node.child("backing")
+        if b is None:
+            return None
+        below = skip_filters(b.child)
+        if below is base_real:
+            return b.child
+        node = below
+    return None
+
+
+def add_intermediate_nodes(job: BlockJob, first: BlockNode | None, base: BlockNode) -> None:
+    """The job edges on the nodes that leave the chain (commit_start and
+    mirror_start_job): they share WRITE and WRITE_UNCHANGED, and from the
+    filters on the base down also CONSISTENT_READ."""
+    if first is None:
+        return
+    fb = filtered_base(first, base)
+    shared = PERM_WRITE_UNCHANGED | PERM_WRITE
+    node: BlockNode | None = first
+    while node is not None and node is not base:
+        if node is fb:
+            shared |= PERM_READ
+        job.add_bdrv("intermediate node", node, 0, shared)
+        c = cow_or_filter_child(node)
+        node = c.child if c is not None else None
+
+
 def find_backing_image(bs: BlockNode, name: str) -> BlockNode | None:
     """bdrv_find_backing_image(): a backing node by file name, as QEMU compares
     (the header's name relative to the overlay, or the node's own file name
@@ -422,12 +455,7 @@ class CommitJob(BlockJob):
                                               True)
             append_filter(self.commit_top, top)
             # The nodes that disappear from the chain afterwards.
-            shared = PERM_WRITE_UNCHANGED | PERM_WRITE
-            node: BlockNode | None = top
-            while node is not None and node is not base:
-                self.add_bdrv("intermediate node", node, 0, shared)
-                c = cow_or_filter_child(node)
-                node = c.child if c is not None else None
+            add_intermediate_nodes(self, top, base)
             freeze_backing_chain(self.commit_top, base)
             self.chain_frozen = True
             self.add_bdrv("base", base, 0, BLK_PERM_ALL)

@@ -44,11 +44,13 @@ from blockd.jobs.commit import (
     CopyError,
     RangeCopier,
     _movable_parents,
+    add_intermediate_nodes,
     append_filter,
     cow_or_filter_child,
     drop_filter,
     errno_of,
     new_filter_node,
+    release_nodes,
     set_read_only,
 )
 from blockd.jobs.job import JobFailed
@@ -245,10 +247,7 @@ class ActiveCommitJob(BlockJob):
         try:
             self.add_bdrv("source", top, 0, PERM_WRITE_UNCHANGED | PERM_WRITE | PERM_READ)
             c = cow_or_filter_child(top)
-            while c is not None and c.child is not base:
-                self.add_bdrv("intermediate node", c.child, 0,
-                              PERM_WRITE_UNCHANGED | PERM_WRITE)
-                c = cow_or_filter_child(c.child)
+            add_intermediate_nodes(self, c.child if c is not None else None, base)
             freeze_backing_chain(self.mirror_top, base)
             self.chain_frozen = True
             self.add_bdrv("target", base, 0, BLK_PERM_ALL)
@@ -477,6 +476,10 @@ class ActiveCommitJob(BlockJob):
             except GenericError:
                 pass
         await drop_filter(self.graph, mt)
+        if pivot:
+            # The replaced node closes when nothing holds it any more (a
+            # node opened inline under the top's old parents).
+            await release_nodes(self.graph, [self.top])
 
 
 def _reaches(node: BlockNode, target: BlockNode) -> bool:
