@@ -91,18 +91,6 @@ XFAIL: dict[str, dict[str, dict[str, str]]] = {
             "TestSingleDrive.test_implicit_node": (
                 "query-blockstats: \"The command query-blockstats has not been found\" "
                 "(CommandNotFound); QEMU 7.2 (and qemu-storage-daemon) has it"),
-            "test_commit_through_filter": (
-                "block-commit device=top-filter top-node=cow-1 base-node=cow-0 (cow-1's backing "
-                "is the throttle node bottom-filter over cow-0) fails with \"Permission conflict "
-                "on node 'cow-0': permissions 'consistent read' are both required by commit job "
-                "'commit' (uses node 'cow-0' as 'root' child) and unshared by node "
-                "'bottom-filter' (uses node 'cow-0' as 'file' child).\"; QEMU's commit shares "
-                "CONSISTENT_READ on the intermediate nodes from the topmost filter on the base "
-                "down (iter == filtered_base in commit_start)"),
-            "test_filtered_active_commit_without_filter": (
-                "after the active commit of cow-3 into cow-2 under top-filter, cow-3 (created "
-                "inline by blockdev-add, now without parents) is still listed by "
-                "query-named-block-nodes; QEMU deletes a node when its last reference goes"),
             "output": "the methods above fail",
         },
     },
@@ -126,6 +114,19 @@ def _main_kwargs(path: Path) -> dict[str, Any]:
                         pass
             return out
     return {}
+
+
+def _activates_logging(path: Path) -> bool:
+    """Whether the test calls ``iotests.activate_logging()`` (as 245's main block does).
+
+    Only then does QEMU's harness print ``log()`` output (e.g. ``run_job``'s
+    event transcript) into what ``check`` compares with the ``.out`` file.
+    """
+    tree = ast.parse(path.read_text(), str(path))
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               and node.func.attr == "activate_logging"
+               and isinstance(node.func.value, ast.Name) and node.func.value.id == "iotests"
+               for node in ast.walk(tree))
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -182,6 +183,7 @@ class IotestFile(pytest.File):
         self.imgfmt = fmt
         self.test_dir = tempfile.mkdtemp(prefix=f"iotest-{self.path.name}-")
         self.notrun: str | None = None
+        self.logging_active = _activates_logging(self.path)
         if fmts and "generic" not in fmts and fmt not in fmts:
             self.notrun = f"not suitable for this image format: {fmt}"
         protos = list(kwargs.get("supported_protocols") or [])
@@ -200,10 +202,14 @@ class IotestFile(pytest.File):
             iotests.qemu_img_args[0] = variant.img
             iotests.qemu_io_args_no_fmt[0] = variant.io
 
-    def collect(self) -> Iterator[pytest.Item]:
-        self.setup_config()
-        self.apply_config()
-        loader = importlib.machinery.SourceFileLoader(f"iotest_{self.path.name}",
+    def _load(self, kind: str) -> list[tuple[type[unittest.TestCase], str]]:
+        """Execute the test file as a fresh module; its test classes in unittest's order.
+
+        Each VM kind gets its own module, as each ``check`` run is its own
+        process: class attributes a test mutates (030's ``TestQuorum.children``
+        list) must not carry over from one variant to the other.
+        """
+        loader = importlib.machinery.SourceFileLoader(f"iotest_{self.path.name}_{kind}",
                                                       str(self.path))
         spec = importlib.util.spec_from_loader(loader.name, loader)
         assert spec is not None
@@ -211,15 +217,21 @@ class IotestFile(pytest.File):
         loader.exec_module(module)
         self.module = module
         tl = unittest.TestLoader()
-        self.order: list[tuple[type[unittest.TestCase], str]] = []
+        order: list[tuple[type[unittest.TestCase], str]] = []
         for name in dir(module):  # unittest.main's order: classes, then methods, by name
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, unittest.TestCase) \
                     and obj.__module__ == module.__name__:
-                self.order += [(obj, m) for m in tl.getTestCaseNames(obj)]
+                order += [(obj, m) for m in tl.getTestCaseNames(obj)]
+        return order
+
+    def collect(self) -> Iterator[pytest.Item]:
+        self.setup_config()
+        self.apply_config()
         has_out = (self.path.parent / f"{self.path.name}.out").exists()
         for kind in _variants():
             variant = Variant(kind)
+            self.order = self._load(kind)
             xfails = XFAIL.get(kind, {}).get(self.path.name, {})
             marks = [pytest.mark.qemu] if kind == "qemu" else []
             for cls, method in self.order:
@@ -271,7 +283,8 @@ class IotestCase(pytest.Item):
             self.case_class(self.method).run(result)
         finally:
             logger.handlers, logger.level, logger.propagate = saved
-            self.variant.logs[self.method] = buf.getvalue()
+            # without activate_logging(), QEMU's log() output goes nowhere
+            self.variant.logs[self.method] = buf.getvalue() if parent.logging_active else ""
         if buf.getvalue():
             sys.stdout.write(buf.getvalue())
         problems = result.errors + result.failures
