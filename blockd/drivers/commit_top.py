@@ -28,6 +28,9 @@ class BackingFilter(FilterPassthrough):
     )
     supports_reopen: ClassVar[bool] = False
     mutable_opts: ClassVar[frozenset[str] | None] = frozenset()
+    # bs->never_freeze: another job may not freeze a link to this filter
+    # (QEMU: "Cannot freeze '<link>' link to '<filter>'").
+    never_freeze: ClassVar[bool] = True
 
     def child(self) -> BlockDriver:
         if self.backing is None:

@@ -155,12 +155,12 @@ def find_backing_image(bs: BlockNode, name: str) -> BlockNode | None:
     cache = FilenameCache()
     is_protocol = path_has_protocol(name)
     curr = skip_filters(bs)
-    while True:
-        c = cow_or_filter_child(curr) if not curr.driver.is_filter else None
-        if curr.child("backing") is None:
+    for _ in range(100000):
+        c = curr.child("backing")
+        if c is None:
             return None
-        assert c is not None
-        below = c.child
+        # bdrv_backing_chain_next(): filters (a job's) are looked through.
+        below = skip_filters(c.child)
         header = header_backing(curr)[0]
         if cache.backing_overridden(curr):
             if name == cache.filename(below):
@@ -176,7 +176,8 @@ def find_backing_image(bs: BlockNode, name: str) -> BlockNode | None:
                 if os.path.exists(wanted) and os.path.exists(full) and \
                         os.path.realpath(wanted) == os.path.realpath(full):
                     return below
-        curr = skip_filters(below)
+        curr = below
+    return None
 
 
 def get_root_bs(graph: NodeRegistry, device: str) -> BlockNode:
