@@ -12,6 +12,7 @@ reported with QEMU's texts and the file driver's OFD locks follow
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable
 
 from blockd.drivers.locking import (
@@ -169,18 +170,92 @@ def apply(order: list[BlockNode], skip_fd: frozenset[int] = frozenset()) -> None
         filefd.install_fd(drv, fd, rw, direct)
 
 
+def _touched_order(touched: list[BlockNode]) -> list[BlockNode]:
+    """``touched`` with every parent before its children (Kahn over the set)."""
+    ids = {id(n) for n in touched}
+    indeg = {id(n): sum(1 for c in n.parents if c.parent is not None and id(c.parent) in ids)
+             for n in touched}
+    ready = deque(n for n in touched if indeg[id(n)] == 0)
+    out: list[BlockNode] = []
+    while ready:
+        n = ready.popleft()
+        out.append(n)
+        for c in n.children:
+            k = id(c.child)
+            if k in indeg:
+                indeg[k] -= 1
+                if indeg[k] == 0:
+                    ready.append(c.child)
+    if len(out) != len(touched):
+        raise GenericError("Block graph contains a cycle")
+    return out
+
+
 def refresh(
     nodes: Iterable[BlockNode], read_only_after: dict[int, bool] | None = None
 ) -> None:
     """Recompute, check and apply; on failure every edge and lock is as before.
 
-    Nodes in ``read_only_after`` are being reopened: their descriptors are the
-    reopen's business."""
+    Incremental, like QEMU's bdrv_refresh_perms over the affected subtree:
+    propagation starts at ``nodes`` and their direct parents (a parent's edge
+    depends on its child's force-share) and descends only along edges whose
+    permissions actually changed, so a change near the top of a deep chain
+    costs what it changes, not the whole chain.  The checks (read-only users,
+    conflicts between parents) run afterwards on every node touched, parents
+    first, against the settled state.  Nodes in ``read_only_after`` are being
+    reopened: their descriptors are the reopen's business.
+    """
     nodes = list(nodes)
-    saved = snapshot(nodes)
+    ro_after = read_only_after or {}
+    undo: dict[int, tuple[BdrvChild, int, int]] = {}
+    touched: dict[int, BlockNode] = {}
+    queue: deque[BlockNode] = deque()
+    queued: set[int] = set()
+
+    def push(n: BlockNode) -> None:
+        if id(n) not in queued:
+            queued.add(id(n))
+            queue.append(n)
+
+    for n in nodes:
+        push(n)
+        for c in n.parents:
+            if c.parent is not None:
+                push(c.parent)
     try:
-        order = compute(nodes, read_only_after)
-        apply(order, frozenset(read_only_after or ()))
+        # A DAG settles: an edge changes only when its parent's inputs changed.
+        while queue:
+            node = queue.popleft()
+            queued.discard(id(node))
+            touched.setdefault(id(node), node)
+            perm, shared = cumulative(node)
+            after_ro = ro_after.get(id(node), node.read_only)
+            for c in node.children:
+                p, sh = node.driver.child_perm(c.name, c.role, after_ro, perm, shared)
+                # A force-share child shares everything (bdrv_child_perm).
+                if c.child.force_share:
+                    sh = BLK_PERM_ALL
+                if (p, sh) != (c.perm, c.shared_perm):
+                    undo.setdefault(id(c), (c, c.perm, c.shared_perm))
+                    c.perm, c.shared_perm = p, sh
+                    push(c.child)
+                elif id(c.child) not in touched:
+                    # Unchanged edge: the child is still checked (and its lock
+                    # state applied) but its subtree is not revisited.
+                    touched[id(c.child)] = c.child
+        order = _touched_order(list(touched.values()))
+        for node in order:
+            perm, _shared = cumulative(node)
+            now_ro = node.read_only
+            if perm & (BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED) and ro_after.get(
+                    id(node), now_ro):
+                if now_ro:
+                    raise GenericError("Block node is read-only")
+                raise GenericError(
+                    f"Read-only block node '{node.node_name}' cannot support read-write users"
+                )
+            _check_parents(node)
+        apply(order, frozenset(ro_after))
     except GenericError:
-        restore(saved)
+        restore(list(undo.values()))
         raise
