@@ -62,12 +62,6 @@ XFAIL: dict[str, dict[str, dict[str, str]]] = {
             "TestEIO.test_stop": _BLKDEBUG_BACKING,
             "TestEIO.test_enospc": _BLKDEBUG_BACKING,
             "TestENOSPC.test_enospc": _BLKDEBUG_BACKING,
-            "test_overlapping_1": (
-                "block-commit device=drive0 base=<img-4> during a stream of node4 "
-                "(filter-node-name stream-filter) says \"Can't find '<img-4>' in the backing "
-                "chain\": blockd's base lookup by file name stops at the stream filter; QEMU "
-                "finds img-4 through the filter and refuses with \"Node 'stream-filter' is "
-                "busy: block device is in use by block job: stream\""),
             "test_overlapping_4": (
                 "block-stream device=node4 base-node=node2 while block-commit top=<img-2> "
                 "base=<img-0> (filter commit-filter) runs is accepted; QEMU refuses it with "
