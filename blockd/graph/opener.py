@@ -16,7 +16,7 @@ from typing import Any
 from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec, OpenFlags, driver_class
 from blockd.drivers.file import FileDriver
 from blockd.drivers.open import parse_json_filename, probe_format, resolve_backing_path
-from blockd.graph import aio_context, permissions
+from blockd.graph import aio_context, detect_zeroes, permissions
 from blockd.graph.naming import AutoNamer, check_node_name
 from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child
 from blockd.graph.options import (
@@ -137,6 +137,7 @@ class GraphOpener:
         cls = driver_class(str(options["driver"]))
         node = BlockNode(node_name="", driver=cls(), options=options,
                          explicit_options=explicit)
+        detect_zeroes.install(node)
         node.read_only = bool(options.get("read-only", False))
         node.auto_read_only = bool(options.get("auto-read-only", False))
 
