@@ -71,12 +71,15 @@ class Session:
         # The socket file exists a moment before the daemon listens on it.
         for attempt in range(100):
             try:
-                self.client = RawClient(proc.socket, negotiate=True, timeout=30)
+                self.client = RawClient(proc.socket, timeout=30)
                 break
             except ConnectionRefusedError:
                 if attempt == 99:
                     raise
                 time.sleep(0.05)
+        self.client.send(b'{"execute": "qmp_capabilities"}\n')
+        reply = self.client.line()
+        assert reply == b'{"return": {}}\r\n', (self.client.greeting, reply, proc.stderr())
         self.workdir = str(workdir)
         self.events: list[dict[str, Any]] = []
 
