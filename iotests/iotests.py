@@ -77,7 +77,10 @@ def _tool(env_names: Sequence[str], default: str) -> str:
 test_dir = _default_dir("TEST_DIR", "blockd-iotests-")
 # Unix socket paths are limited to 108 bytes: keep the default short.
 sock_dir = _default_dir("SOCK_DIR", "bdsock-")
-output_dir = os.environ.get("OUTPUT_DIR", ".")
+# Where notrun/casenotrun records go: check sets OUTPUT_DIR; otherwise (pytest)
+# the git-ignored iotests/results, never the caller's working directory.
+output_dir = os.environ.get(
+    "OUTPUT_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
 imgfmt = os.environ.get("IMGFMT", "raw")
 imgproto = os.environ.get("IMGPROTO", "file")
 imgopts = os.environ.get("IMGOPTS", "")
@@ -1227,6 +1230,7 @@ class NotRun(Exception):
 def notrun(reason: str) -> None:
     """Mark the whole test as not run (``<seq>.notrun`` for check) and exit."""
     try:
+        os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, f"{seq}.notrun"), "w") as f:
             f.write(reason + "\n")
     except OSError:
@@ -1238,6 +1242,7 @@ def notrun(reason: str) -> None:
 def case_notrun(reason: str) -> None:
     """Record a skipped case in ``<seq>.casenotrun`` (check lists them)."""
     try:
+        os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, f"{seq}.casenotrun"), "a") as f:
             f.write(f"    [case not run] {reason}\n")
     except OSError:

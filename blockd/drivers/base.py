@@ -397,6 +397,17 @@ async def run_io(fn: Callable[..., T], *args: Any) -> T:
 # --- generic helpers ----------------------------------------------------------
 
 
+async def bdrv_debug_event(node: BlockDriver | None, event: str) -> None:
+    """QEMU's BLKDBG_EVENT: format drivers call it on their ``file`` child at
+    the points QEMU does (``read_aio``, ``write_aio``, ...).  Only a driver
+    with a ``debug_event`` method (blkdebug) acts on it; for the rest it costs
+    one attribute lookup, and the generic code names no driver."""
+    hook = getattr(node, "debug_event", None)
+    if hook is not None:
+        await hook(event)
+
+
+
 async def is_allocated_above(
     top: BlockDriver, base: BlockDriver | None, offset: int, length: int
 ) -> tuple[bool, int]:

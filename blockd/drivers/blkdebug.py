@@ -394,6 +394,10 @@ class BlkdebugDriver(BlockDriver):
         self.state = new_state
         return hits
 
+    async def debug_event(self, event: str) -> None:
+        """The generic hook (``base.bdrv_debug_event``) format drivers fire."""
+        await self.event(event)
+
     async def event(self, event: str) -> None:
         """Fire ``event`` and suspend the calling request at each breakpoint hit."""
         for tag in self.fire(event):

@@ -32,6 +32,7 @@ from blockd.drivers.base import (
     BlockStatusFlag,
     Limits,
     OpenFlags,
+    bdrv_debug_event,
     register_driver,
 )
 from blockd.drivers.file import FileDriver
@@ -798,8 +799,10 @@ class Qcow2Driver(BlockDriver):
 
     async def _read_extent(self, ext: Extent) -> bytes:
         if ext.ctype == ClusterType.NORMAL:
+            await bdrv_debug_event(self.file, "read_aio")
             return await self._pread(ext.host, ext.length)
         if ext.ctype == ClusterType.COMPRESSED:
+            await bdrv_debug_event(self.file, "read_compressed")
             data = await self._read_compressed(ext.entry)
             skip = ext.offset & (self.cluster_size - 1)
             return data[skip : skip + ext.length]
@@ -1113,6 +1116,8 @@ class Qcow2Driver(BlockDriver):
             _, l2_idx = self._split(pos)
             room = (self.slice_entries - l2_idx % self.slice_entries) * cs - (pos & (cs - 1))
             span = min(end - pos, room)
+            # QEMU fires write_aio before each data write task (qcow2_co_pwritev_task).
+            await bdrv_debug_event(self.file, "write_aio")
             await self._acquire_clusters(pos, span)
             plan: _AllocPlan | None = None
             try:
