@@ -63,12 +63,6 @@ XFAIL: dict[str, dict[str, dict[str, str]]] = {
             "TestEIO.test_stop": _BLKDEBUG_BACKING,
             "TestEIO.test_enospc": _BLKDEBUG_BACKING,
             "TestENOSPC.test_enospc": _BLKDEBUG_BACKING,
-            "test_overlapping_4": (
-                "block-stream device=node4 base-node=node2 while block-commit top=<img-2> "
-                "base=<img-0> (filter commit-filter) runs is accepted; QEMU refuses it with "
-                "\"Cannot freeze 'backing' link to 'commit-filter'\" (the stream's chain "
-                "node4..node2 crosses node3's link to the never_freeze commit filter; blockd's "
-                "freeze_backing_chain() does not check never_freeze)"),
             "output": "the methods above fail",
         },
         "040": {

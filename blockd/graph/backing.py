@@ -82,6 +82,10 @@ def freeze_backing_chain(top: BlockNode, base: BlockNode | None) -> None:
         c = cow_child(node)
         if c is None:
             break
+        # A job's own filter (commit_top, mirror_top) sets never_freeze: another
+        # job may not freeze a link to it (QEMU's bs->never_freeze).
+        if getattr(c.child.driver, "never_freeze", False):
+            raise GenericError(f"Cannot freeze '{c.name}' link to '{c.child.node_name}'")
         links.append(c)
         node = c.child
     for c in links:
