@@ -408,7 +408,7 @@ def test_check_lists_tests_and_formats_status_lines() -> None:
 @pytest.mark.qemu
 def test_qemu_vm_translates_x_blockdev_reopen(scratch: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import require_tool
+    from tests.conftest import require_tool
     monkeypatch.setattr(iotests, "qemu_prog", require_tool("qemu-system-x86_64"))
     monkeypatch.setattr(iotests, "vm_kind", "qemu")
     img = str(scratch / "a.qcow2")

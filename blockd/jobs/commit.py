@@ -42,6 +42,7 @@ from blockd.drivers.commit_top import CommitTopDriver
 from blockd.drivers.locking import BLK_PERM_ALL
 from blockd.graph import permissions
 from blockd.graph.backing import (
+    cow_child,
     freeze_backing_chain,
     inherits_from_recursive,
     unfreeze_backing_chain,
@@ -73,16 +74,8 @@ EXTENT_QUERY = 64 << 20
 # -- graph helpers -------------------------------------------------------------------
 
 
-def cow_or_filter_child(node: BlockNode) -> BdrvChild | None:
-    """bdrv_filter_or_cow_child(): the backing, or a filter's filtered child."""
-    b = node.child("backing")
-    if b is not None:
-        return b
-    if node.driver.is_filter:
-        for c in node.children:
-            if c.role & ChildRole.FILTERED:
-                return c
-    return None
+# bdrv_filter_or_cow_child() lives with the graph's backing-chain primitives.
+cow_or_filter_child = cow_child
 
 
 def chain_below(node: BlockNode) -> list[BlockNode]:
