@@ -408,6 +408,21 @@ class QemuIo:
 # --- the commands ---------------------------------------------------------------
 
 
+def _offset_count(io: QemuIo, args: list[str]) -> tuple[int, int] | None:
+    """OFFSET and COUNT of read/discard, with qemu-io's request limit; None
+    once the error has been printed (the command then returns EINVAL)."""
+    offset = io.num(args[0])
+    if offset is None:
+        return None
+    count = io.num(args[1])
+    if count is None:
+        return None
+    if count > BDRV_REQUEST_MAX_BYTES:
+        io.p(f"length cannot exceed {BDRV_REQUEST_MAX_BYTES}, given {args[1]}\n")
+        return None
+    return offset, count
+
+
 async def read_f(io: QemuIo, argv: list[str]) -> int:
     cflag = qflag = vflag = pflag = sflag = lflag = bflag = False
     pattern = 0
@@ -445,15 +460,10 @@ async def read_f(io: QemuIo, argv: list[str]) -> int:
             vflag = True
     if len(args) != 2:
         return io.usage("read")
-    offset = io.num(args[0])
-    if offset is None:
+    parsed = _offset_count(io, args)
+    if parsed is None:
         return EINVAL
-    count = io.num(args[1])
-    if count is None:
-        return EINVAL
-    if count > BDRV_REQUEST_MAX_BYTES:
-        io.p(f"length cannot exceed {BDRV_REQUEST_MAX_BYTES}, given {args[1]}\n")
-        return EINVAL
+    offset, count = parsed
     if not pflag and (lflag or sflag):
         return io.usage("read")
     if not lflag:
@@ -912,15 +922,10 @@ async def discard_f(io: QemuIo, argv: list[str]) -> int:
             qflag = True
     if len(args) != 2:
         return io.usage("discard")
-    offset = io.num(args[0])
-    if offset is None:
+    parsed = _offset_count(io, args)
+    if parsed is None:
         return EINVAL
-    count = io.num(args[1])
-    if count is None:
-        return EINVAL
-    if count > BDRV_REQUEST_MAX_BYTES:
-        io.p(f"length cannot exceed {BDRV_REQUEST_MAX_BYTES}, given {args[1]}\n")
-        return EINVAL
+    offset, count = parsed
     t1 = time.monotonic_ns()
     try:
         await io._pdiscard(offset, count)
