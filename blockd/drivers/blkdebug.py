@@ -247,6 +247,11 @@ class BlkdebugDriver(BlockDriver):
     )
     # blkdebug_reopen_prepare consumes nothing: every option must stay as it is.
     mutable_opts: ClassVar[frozenset[str] | None] = frozenset()
+    # "blkdebug:<config>:<image>" names this driver; the parsed ``x-image`` is
+    # the file name of the ``image`` child (blockd.drivers.protocols).
+    protocol_name: ClassVar[str] = "blkdebug"
+    filename_children: ClassVar[dict[str, str]] = {"image": "x-image"}
+    parse_filename = staticmethod(parse_filename)
 
     def __init__(self) -> None:
         super().__init__()
@@ -254,6 +259,8 @@ class BlkdebugDriver(BlockDriver):
         self.active: list[Rule] = []
         self.state = 1
         self.config_file: str | None = None
+        # prepare_open() read the rules already (open() must not read twice).
+        self._rules_read = False
         self.align = 0
         self.max_transfer = 0
         self.opt_write_zero = 0
@@ -268,6 +275,19 @@ class BlkdebugDriver(BlockDriver):
         self.flushed_gen = 0
         # Requests suspended at a breakpoint: (tag, wake-up future), oldest first.
         self.suspended: list[tuple[str, asyncio.Future[None]]] = []
+
+    @property
+    def filename(self) -> str:
+        """The name QEMU shows for the node (blkdebug_refresh_filename):
+        ``blkdebug:<config>:<image>``, or "" when options other than the
+        config file shape it (then only a json: description names it)."""
+        child = self.file if self.file is not None else self.extra_children.get("image")
+        image = getattr(child, "filename", "") if child is not None else ""
+        if not isinstance(image, str) or not image:
+            return ""
+        if any(k not in ("config", "x-image") for k in self._open_options):
+            return ""
+        return f"blkdebug:{self.config_file or ''}:{image}"
 
     def image(self) -> BlockDriver:
         child = self.file if self.file is not None else self.extra_children.get("image")
@@ -326,10 +346,18 @@ class BlkdebugDriver(BlockDriver):
                 raise fail(key, v)
             setattr(self, attr, v)
 
+    def prepare_open(self, options: dict[str, Any]) -> None:
+        """What blkdebug_open does before it opens ``image``: read the rules
+        (so a bad config file is reported before a missing image)."""
+        self._read_rules(options)
+        self._rules_read = True
+
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
         self.flags = flags
         self._open_options = dict(options)
-        self._read_rules(options)
+        if not self._rules_read:
+            self._read_rules(options)
+        self._rules_read = False
         self.state = 1
         self.take_child_perms = _str_list(options.get("take-child-perms"))
         self.unshare_child_perms = _str_list(options.get("unshare-child-perms"))

@@ -71,6 +71,21 @@ class BlkverifyDriver(BlockDriver):
         ChildSpec("raw", "file", ChildRole.FILTERED | ChildRole.PRIMARY),
         ChildSpec("test", "extra", ChildRole.DATA),
     )
+    # "blkverify:<raw>:<test>" names this driver; ``x-raw``/``x-image`` are the
+    # file names of the ``raw``/``test`` children (blockd.drivers.protocols).
+    protocol_name: ClassVar[str] = "blkverify"
+    filename_children: ClassVar[dict[str, str]] = {"raw": "x-raw", "test": "x-image"}
+    parse_filename = staticmethod(parse_filename)
+
+    @property
+    def filename(self) -> str:
+        """``blkverify:<raw>:<test>`` (blkverify_refresh_filename), "" when a
+        child has no plain name."""
+        raw = getattr(self.file, "filename", "")
+        test = getattr(self.extra_children.get("test"), "filename", "")
+        if isinstance(raw, str) and isinstance(test, str) and raw and test:
+            return f"blkverify:{raw}:{test}"
+        return ""
 
     def raw(self) -> BlockDriver:
         if self.file is None:

@@ -66,6 +66,13 @@ class FileDriver(BlockDriver):
 
     name: ClassVar[str] = "file"
     is_protocol: ClassVar[bool] = True
+    # "file:<path>" names this driver (blockd.drivers.protocols).
+    protocol_name: ClassVar[str] = "file"
+
+    @staticmethod
+    def parse_filename(filename: str) -> dict[str, Any]:
+        """raw_parse_filename(): an optional "file:" prefix is dropped."""
+        return {"filename": filename.removeprefix("file:")}
 
     def __init__(self) -> None:
         super().__init__()

@@ -27,6 +27,17 @@ _DEFAULT_SIZE = 1 << 30
 class NullCoDriver(BlockDriver):
     name: ClassVar[str] = "null-co"
     is_protocol: ClassVar[bool] = True
+    # "null-co://" names this driver (blockd.drivers.protocols).
+    protocol_name: ClassVar[str] = "null-co"
+
+    @classmethod
+    def parse_filename(cls, filename: str) -> dict[str, Any]:
+        """null_co_parse_filename(): the prefix alone is the only valid name."""
+        if filename != f"{cls.protocol_name}://":
+            raise GenericError(
+                f"The only allowed filename for this driver is '{cls.protocol_name}://'"
+            )
+        return {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -98,3 +109,4 @@ class NullCoDriver(BlockDriver):
 @register_driver
 class NullAioDriver(NullCoDriver):
     name: ClassVar[str] = "null-aio"
+    protocol_name: ClassVar[str] = "null-aio"

@@ -22,6 +22,7 @@ from blockd.drivers.locking import (
     BLK_PERM_WRITE,
     BLK_PERM_WRITE_UNCHANGED,
 )
+from blockd.drivers.protocols import filename_children, filename_options, path_has_protocol
 from blockd.qmp.errors import GenericError
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -71,7 +72,6 @@ _INT_KEYS = frozenset(
         "aio-max-batch",
     }
 )
-_PROTOCOL_PREFIXES = ("null-co://", "null-aio://")
 
 
 def probe_format(header: bytes) -> str:
@@ -84,18 +84,16 @@ def probe_format(header: bytes) -> str:
 
 
 def resolve_backing_path(overlay_filename: str, backing: str) -> str:
-    """Backing file name relative to the overlay's directory (QEMU's path_combine)."""
-    if backing.startswith("json:") or os.path.isabs(backing) or _has_protocol(backing):
+    """Backing file name relative to the overlay's directory
+    (bdrv_get_full_backing_filename_from_filename + path_combine): absolute
+    names and names with a protocol prefix ("blkdebug:...", "file:...",
+    "json:...") are used as they are."""
+    if os.path.isabs(backing) or path_has_protocol(backing):
         return backing
-    base = overlay_filename
-    if base.startswith("file:"):
-        base = base[len("file:") :]
-    d = os.path.dirname(base)
-    return os.path.join(d, backing) if d else backing
-
-
-def _has_protocol(name: str) -> bool:
-    return name.startswith(_PROTOCOL_PREFIXES)
+    # path_combine(): a protocol prefix of the overlay's name is kept.
+    start = overlay_filename.index(":") + 1 if path_has_protocol(overlay_filename) else 0
+    slash = overlay_filename.rfind("/")
+    return overlay_filename[: max(start, slash + 1)] + backing
 
 
 def parse_bool(key: str, value: Any) -> bool:
@@ -162,6 +160,74 @@ def parse_json_filename(filename: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise GenericError("Invalid JSON object given")
     return unflatten(obj)
+
+
+def opens_files(cls: type[BlockDriver]) -> bool:
+    """Whether the driver opens a file name itself (QEMU's .bdrv_file_open):
+    protocols and the drivers that declare a ``protocol_name`` (blkdebug)."""
+    return cls.is_protocol or bool(getattr(cls, "protocol_name", None))
+
+
+def _parse_filename(cls: type[BlockDriver], filename: str) -> dict[str, Any]:
+    """The options a file name stands for with driver ``cls`` (nested)."""
+    parse = getattr(cls, "parse_filename", None)
+    if parse is None:
+        return {"filename": filename}
+    return unflatten(dict(parse(filename)))
+
+
+async def _open_file_filter(
+    cls: type[BlockDriver], opts: dict[str, Any], flags: OpenFlags
+) -> BlockDriver:
+    """Open a filter that was named by a file name: each child is given as
+    options or by the legacy file-name option the driver parsed (``x-image``)."""
+    node = cls()
+    legacy = filename_children(cls)
+    dopts = _driver_opts(opts)
+    for spec in cls.child_specs:
+        dopts.pop(spec.option, None)
+    names = {k: dopts.pop(v) for k, v in legacy.items() if v in dopts}
+    prepare_open(node, dopts)
+    opened: list[BlockDriver] = []
+    try:
+        for spec in cls.child_specs:
+            if spec.multiple:
+                continue
+            given = opts.get(spec.option)
+            name = names.get(spec.option)
+            if isinstance(given, dict):
+                child_opts = dict(given)
+            elif isinstance(given, str):
+                child_opts = filename_options(given)
+            elif isinstance(name, str):
+                child_opts = filename_options(name)
+            elif spec.required:
+                raise GenericError(f'A block device must be specified for "{spec.option}"')
+            else:
+                continue
+            child = await open_node(child_opts, flags, backing=False)
+            opened.append(child)
+            if spec.slot == "file":
+                node.file = child
+            elif spec.slot == "backing":
+                node.backing = child
+            else:
+                node.extra_children[spec.option] = child
+        await node.open(dopts, flags)
+        node.flags = flags
+    except BaseException:
+        for child in reversed(opened):
+            await close_image(child)
+        raise
+    return node
+
+
+def prepare_open(node: BlockDriver, options: dict[str, Any]) -> None:
+    """Run the part of a driver's open that QEMU does before the driver opens
+    its own children (blkdebug reads its config file first), when it has one."""
+    prepare = getattr(node, "prepare_open", None)
+    if prepare is not None:
+        prepare(options)
 
 
 def _flags_from(opts: dict[str, Any], base: OpenFlags) -> OpenFlags:
@@ -242,41 +308,41 @@ async def open_node(
     flags = _flags_from(opts, flags)
     drvname = opts.get("driver", fmt)
 
-    # A protocol filename ("null-co://") names the protocol driver of the file
-    # node; a format is still probed on top of it unless one is given.
-    protocol = "file"
-    if filename is not None:
-        for prefix in _PROTOCOL_PREFIXES:
-            if filename.startswith(prefix):
-                protocol = prefix[:-3]
-                break
     if drvname is not None:
         cls = driver_class(drvname)
+        if filename is not None and opens_files(cls):
+            # bdrv_fill_options(): a driver that opens files itself (a
+            # protocol, blkdebug, ...) parses the name it was given.
+            parsed = _parse_filename(cls, filename)
+            parsed.update(opts)
+            opts = parsed
+            filename = None
         if cls.is_protocol:
             node = cls()
-            dopts = _driver_opts(opts)
-            if filename is not None and "filename" not in dopts and cls.name == "file":
-                dopts["filename"] = filename
-            await node.open(dopts, flags)
+            await node.open(_driver_opts(opts), flags)
             node.flags = flags
-            if filename is not None and not getattr(node, "filename", None):
-                node.filename = filename  # type: ignore[attr-defined]
             return node
+        if opens_files(cls):
+            # A filter opened from a file name (blkdebug:<config>:<image>):
+            # its children come from the parsed names, no format is probed.
+            return await _open_file_filter(cls, opts, flags)
 
-    # Format node: open the protocol child first.
+    # Format node: open the protocol child first; a prefixed file name
+    # ("null-co://", "blkdebug:cfg:img") names the protocol driver
+    # (bdrv_find_protocol), a format is still probed on top of it.
     child_opts = opts.get("file")
     if isinstance(child_opts, str):
         child_opts = {"driver": "file", "filename": child_opts}
     elif child_opts is None:
         if filename is None:
             raise GenericError('A block device must be specified for "file"')
-        child_opts = {"driver": protocol, "filename": filename}
+        child_opts = filename_options(filename)
     else:
         child_opts = dict(child_opts)
-        child_opts.setdefault("driver", protocol)
-        if filename is not None and child_opts["driver"] == "file":
+        if filename is not None and "driver" not in child_opts:
             # "-o file.locking=off img": options refine the file named on the side.
-            child_opts.setdefault("filename", filename)
+            child_opts = {**filename_options(filename), **child_opts}
+        child_opts.setdefault("driver", "file")
     child = await open_node(child_opts, flags, backing=False)
     probed = False
     try:

@@ -15,6 +15,7 @@ from blockd.drivers.base import (
     BlockStatus,
     Limits,
     OpenFlags,
+    bdrv_debug_event,
     register_driver,
 )
 from blockd.qmp.errors import GenericError
@@ -75,7 +76,10 @@ class RawDriver(BlockDriver):
         return self._child().refresh_limits()
 
     async def read(self, offset: int, length: int) -> bytes:
-        return await self._child().read(self.offset + offset, length)
+        child = self._child()
+        # raw_co_preadv: BLKDBG_EVENT(bs->file, BLKDBG_READ_AIO)
+        await bdrv_debug_event(child, "read_aio")
+        return await child.read(self.offset + offset, length)
 
     def _check_probe_write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if not self.probed or offset >= SECTOR:
@@ -96,7 +100,10 @@ class RawDriver(BlockDriver):
         fua: bool = False,
     ) -> None:
         self._check_probe_write(offset, data)
-        await self._child().write(self.offset + offset, data, compressed=compressed, fua=fua)
+        child = self._child()
+        # raw_co_pwritev: BLKDBG_EVENT(bs->file, BLKDBG_WRITE_AIO)
+        await bdrv_debug_event(child, "write_aio")
+        await child.write(self.offset + offset, data, compressed=compressed, fua=fua)
 
     async def write_zeroes(self, offset: int, length: int, *, may_unmap: bool = False) -> None:
         await self._child().write_zeroes(self.offset + offset, length, may_unmap=may_unmap)

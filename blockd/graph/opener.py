@@ -15,8 +15,14 @@ from typing import Any
 
 from blockd.drivers.base import BlockDriver, ChildRole, ChildSpec, OpenFlags, driver_class
 from blockd.drivers.file import FileDriver
-from blockd.drivers.open import parse_json_filename, probe_format, resolve_backing_path
-from blockd.graph import aio_context, detect_zeroes, permissions
+from blockd.drivers.open import (
+    parse_json_filename,
+    prepare_open,
+    probe_format,
+    resolve_backing_path,
+)
+from blockd.drivers.protocols import filename_children, filename_options, path_has_protocol
+from blockd.graph import accounting, aio_context, detect_zeroes, permissions
 from blockd.graph.naming import AutoNamer, check_node_name
 from blockd.graph.node import BdrvChild, BlockNode, attach_child, detach_child
 from blockd.graph.options import (
@@ -138,9 +144,11 @@ class GraphOpener:
         node = BlockNode(node_name="", driver=cls(), options=options,
                          explicit_options=explicit)
         detect_zeroes.install(node)
+        accounting.install(node.driver)
         node.read_only = bool(options.get("read-only", False))
         node.auto_read_only = bool(options.get("auto-read-only", False))
 
+        self._expand_filename_children(cls, options)
         specs = [s for s in child_specs_of(cls) if s.slot != "backing"]
         # bdrv_open_inherit() opens a "file" child before the node gets its
         # name; other children (image, test, raw, children.N) are opened by the
@@ -167,6 +175,10 @@ class GraphOpener:
             self.created.append(node)
             for child, spec, key in pending:
                 self._attach(node, child, spec, key)
+            if late:
+                # The driver opens these children itself in QEMU, after its
+                # own option checks (blkdebug's config file).
+                prepare_open(node.driver, driver_options(options, child_option_names(cls)))
             for spec in late:
                 for one in self._expand(spec, options):
                     # bdrv_open_child(): each child is attached as it opens.
@@ -182,6 +194,21 @@ class GraphOpener:
         for spec in backing:
             await self._open_backing(node, spec, options)
         return node
+
+    @staticmethod
+    def _expand_filename_children(cls: type[BlockDriver], options: dict[str, Any]) -> None:
+        """A driver opened from a prefixed file name (``blkdebug:cfg:img``) got
+        its children as file names (``x-image``): turn each into the child's
+        options, opened by the protocol its own prefix names (bdrv_open_child
+        with a file name)."""
+        for child_opt, legacy in filename_children(cls).items():
+            if legacy not in options:
+                continue
+            name = options.pop(legacy)
+            if child_opt in options or has_sub(options, child_opt):
+                continue
+            for key, value in flatten(filename_options(str(name))).items():
+                options[f"{child_opt}.{key}"] = value
 
     async def _open_driver(self, node: BlockNode, options: dict[str, Any]) -> None:
         drv = node.driver
@@ -257,8 +284,10 @@ class GraphOpener:
         pending.append((child, spec, key))
 
     async def _header_backing_options(self, node: BlockNode) -> dict[str, Any]:
-        """Options for the backing file the image header names: a path relative
-        to the overlay, a ``json:{...}`` description or a protocol URL."""
+        """Options for the backing file the image header names: a ``json:{...}``
+        description, a name with a protocol prefix (``blkdebug:cfg:img``,
+        ``null-co://``: opened by the driver the prefix names, as
+        bdrv_find_protocol) or a path relative to the overlay."""
         name, fmt = node.backing_file, node.backing_format
         if name.startswith("json:"):
             sub = flatten(parse_json_filename(name))
@@ -267,14 +296,15 @@ class GraphOpener:
             if "driver" not in sub:
                 raise GenericError("Must specify either driver or file")
             return sub
-        for proto in _PROTOCOLS:
-            if name.startswith(f"{proto}://"):
-                return {"driver": fmt or "raw", "file.driver": proto}
-        path = resolve_backing_path(node.filename, name)
-        if path.startswith("file:"):
-            path = path[len("file:"):]
-        return {"driver": fmt or await _probe(path), "file.driver": "file",
-                "file.filename": path}
+        if not path_has_protocol(name):
+            name = resolve_backing_path(node.filename, name)
+        proto = flatten(filename_options(name))
+        if not fmt:
+            # No backing format in the header: probe, as QEMU does, through
+            # the node the name opens.
+            fmt = await (_probe(str(proto["filename"])) if proto["driver"] == "file"
+                         else _probe_through(proto))
+        return {"driver": fmt, **{f"file.{k}": v for k, v in proto.items()}}
 
     async def _open_backing(
         self, node: BlockNode, spec: ChildSpec, options: dict[str, Any]
@@ -311,7 +341,21 @@ class GraphOpener:
         self._attach(node, child, spec, key)
 
 
-_PROTOCOLS = ("null-co", "null-aio")
+async def _probe_through(flat: dict[str, Any]) -> str:
+    """The format QEMU would probe on a protocol node opened from ``flat``
+    options: the node is opened read-only on its own, its first sector read."""
+    from blockd.drivers.open import close_image, open_node, unflatten
+
+    node = await open_node(unflatten(flat), OpenFlags(read_only=True, force_share=True),
+                           backing=False)
+    try:
+        head = await node.read(0, min(512, node.get_length()))
+    except OSError as e:
+        raise GenericError(f"Could not read image for determining its format: "
+                           f"{os.strerror(e.errno or 5)}") from None
+    finally:
+        await close_image(node)
+    return probe_format(head)
 
 
 async def _probe(path: str) -> str:

@@ -267,6 +267,12 @@ class StreamJob(BlockJob):
                         else:
                             src, n = await self._find_source(top, off, n)
                     copy = src is not None
+                    # A source with debug-event hooks below it (error injection)
+                    # gets QEMU's sequential STREAM_CHUNK requests, so its rules
+                    # see the requests QEMU makes.
+                    if copy and src is not None and _debug_hooked(src.layer):
+                        limited = True
+                        n = min(n, STREAM_CHUNK)
                     if copy and n > BIG_CHUNK and not limited:
                         assert src is not None
                         carry = (off, off + n, src)
@@ -377,6 +383,18 @@ class Source:
     layer: BlockDriver
     flags: BlockStatusFlag
     host: int | None
+
+
+def _debug_hooked(layer: BlockDriver) -> bool:
+    """Whether a node under the layer acts on debug events (base.bdrv_debug_event)."""
+    todo = [layer.file, *layer.extra_children.values()]
+    while todo:
+        node = todo.pop()
+        if node is not None:
+            if hasattr(node, "debug_event"):
+                return True
+            todo += [node.file, *node.extra_children.values()]
+    return False
 
 
 def _plain_file(layer: BlockDriver) -> int | None:

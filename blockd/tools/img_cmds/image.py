@@ -134,8 +134,11 @@ async def read_padded(node: BlockDriver, offset: int, n: int) -> bytes:
 
 
 def file_node(node: BlockDriver) -> BlockDriver:
-    """The protocol node holding a layer's data (the layer itself for protocols)."""
-    while node.file is not None and not node.is_protocol:
+    """The protocol node holding a layer's data (the layer itself for protocols);
+    a driver that opens a file name itself (blkdebug) counts as the protocol."""
+    from blockd.drivers.open import opens_files
+
+    while node.file is not None and not opens_files(type(node)):
         node = node.file
     return node
 
@@ -146,7 +149,10 @@ def node_filename(node: BlockDriver) -> str:
 
 
 def allocated_file_size(node: BlockDriver) -> int | None:
-    """``actual-size``: bytes the host file occupies (st_blocks * 512)."""
+    """``actual-size``: bytes the host file occupies (st_blocks * 512); unknown
+    below a driver like blkdebug that is not a plain protocol (ENOTSUP)."""
+    if not file_node(node).is_protocol:
+        return None
     name = node_filename(node)
     try:
         return os.stat(name).st_blocks * 512
