@@ -41,40 +41,8 @@ import iotests  # noqa: E402  (needs HERE on sys.path)
 # Per VM kind: test -> method ("method" or "Class.method") -> why it fails
 # today.  The output item of a test fails whenever one of its methods does, so
 # it is listed too.
-_BLKDEBUG_BACKING = (
-    "blockd opens a backing file name with a protocol prefix ('blkdebug:<conf>:<image>', "
-    "written by qemu-img create -o backing_file=...) as a path relative to the overlay "
-    "(\"Could not open '<dir>/blkdebug:...': No such file or directory\"), and blockd-img "
-    "create refuses that backing file (\"Could not open backing image.\"); QEMU opens it "
-    "with the blkdebug driver. Once fixed, the raw driver must also fire the blkdebug "
-    "read_aio rule.")
-
-_BLKDEBUG_EVENTS = (
-    "write errors injected by blkdebug (write_aio) into the base of an intermediate commit "
-    "do not reach the job (qcow2 fires read_aio/write_aio now, and the read-error and "
-    "active-commit cases pass); the intermediate commit's copy into the base is not yet "
-    "traced to the write path that fires the event")
-
 XFAIL: dict[str, dict[str, dict[str, str]]] = {
-    "blockd": {
-        "030": {
-            "TestEIO.test_report": _BLKDEBUG_BACKING,
-            "TestEIO.test_ignore": _BLKDEBUG_BACKING,
-            "TestEIO.test_stop": _BLKDEBUG_BACKING,
-            "TestEIO.test_enospc": _BLKDEBUG_BACKING,
-            "TestENOSPC.test_enospc": _BLKDEBUG_BACKING,
-            "output": "the methods above fail",
-        },
-        "040": {
-            "testIntermediateWriteErrorReport": _BLKDEBUG_EVENTS,
-            "testIntermediateWriteErrorStop": _BLKDEBUG_EVENTS,
-            "testIntermediateWriteErrorIgnore": _BLKDEBUG_EVENTS,
-            "TestSingleDrive.test_implicit_node": (
-                "query-blockstats: \"The command query-blockstats has not been found\" "
-                "(CommandNotFound); QEMU 7.2 (and qemu-storage-daemon) has it"),
-            "output": "the methods above fail",
-        },
-    },
+    "blockd": {},
     "qemu": {},
 }
 

@@ -130,6 +130,7 @@ def test_members_defaults_hidden_and_ints_unified() -> None:
     assert builtins == {
         "str": "string",
         "int": "int",
+        "number": "number",
         "bool": "boolean",
         "null": "null",
         "any": "value",

@@ -1,4 +1,5 @@
-"""Block query commands: query-named-block-nodes, query-block, x-debug-query-block-graph.
+"""Block query commands: query-named-block-nodes, query-block, query-blockstats,
+x-debug-query-block-graph.
 
 The replies are built by :mod:`blockd.graph.query` from the daemon's node graph
 (``daemon.graph``, a NodeRegistry).  Block backends (devices, exports) and block
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from blockd.graph.blockstats import query_blockstats
 from blockd.graph.node import BlockNode
 from blockd.graph.query import named_block_nodes, query_block, xdbg_block_graph
 from blockd.qmp.dispatch import CommandContext, qmp_command
@@ -46,6 +48,17 @@ async def query_named_block_nodes(
 @qmp_command("query-block")
 async def query_block_cmd(ctx: CommandContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     return query_block(_iter_attr(ctx.daemon, "block_backends"))
+
+
+@qmp_command("query-blockstats")
+async def query_blockstats_cmd(
+    ctx: CommandContext, args: dict[str, Any]
+) -> list[dict[str, Any]]:
+    # Device backends oldest first; nodes in bdrv_next_node() order (the
+    # order they got their names).
+    nodes = list(reversed(_named_nodes(ctx.daemon)))
+    return query_blockstats(_iter_attr(ctx.daemon, "block_backends"), nodes,
+                            bool(args.get("query-nodes", False)))
 
 
 @qmp_command("x-debug-query-block-graph")

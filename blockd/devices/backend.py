@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from blockd.drivers.locking import BLK_PERM_ALL
 from blockd.graph import aio_context
+from blockd.graph.accounting import BlockAcctStats
 from blockd.graph.node import BdrvChild, BlockNode
 from blockd.graph.users import attach_user, detach_user, set_user_perms
 
@@ -36,6 +37,9 @@ class DeviceBackend:
         self.io_status: str | None = "ok"
         self.write_cache = True
         self.throttle: dict[str, object] | None = None
+        # blk->stats; a disk device accounts invalid and failed requests
+        # (QEMU 7.2 shows both true for a -device on a -blockdev node).
+        self.stats = BlockAcctStats(account_invalid=True, account_failed=True)
         self.root: BdrvChild | None = attach_user(node, "root", 0, BLK_PERM_ALL,
                                                   self._desc())
         aio_context.register_user(self.root, self)
