@@ -99,6 +99,13 @@ def _scenario(vm: Any, d: Path) -> list[str]:
         q("human-monitor-command", **{"command-line": f'qemu-io {node} "{cmd}"'})
     q("query-blockstats", **{"query-nodes": True})
     q("query-blockstats", **{"query-nodes": False})
+    # I/O through the device's own BlockBackend: qemu-io's aio_* commands
+    # account there (reads, writes, a flush, invalid requests, a failure).
+    for cmd in ("aio_write -P 0x44 8k 4k", "aio_read 0 8k 4k", "aio_flush",
+                "aio_write -i 0 512", "aio_read -i 0 512", "aio_write -z 64k 4k",
+                "aio_read 0 -1", "aio_read 5G 512"):
+        q("human-monitor-command", **{"command-line": f'qemu-io -d scsi0 "{cmd}"'})
+    q("query-blockstats")
     q("block-commit", device="top", **{"job-id": "j", "top-node": "mid",
                                         "base-node": "base", "speed": 1})
     # The throttled job may or may not have written its first chunk yet:

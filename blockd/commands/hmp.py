@@ -207,7 +207,10 @@ async def hmp_qemu_io(ctx: CommandContext, cur: Cursor, out: io.StringIO) -> Non
     if qdev:
         # The device's own BlockBackend, with the permissions it already holds.
         drv = ctx.daemon.lookup_device(device)
-        await run_qemu_io_command(drv, command, sys.stdout, monitor=out)
+        # aio_* requests are accounted in the device's BlockBackend stats.
+        backend = ctx.daemon.devices.lookup_backend(device)
+        await run_qemu_io_command(drv, command, sys.stdout, monitor=out,
+                                  acct=getattr(backend, "stats", None))
         return
     from blockd.graph.users import AnonymousBackend
 

@@ -68,8 +68,8 @@ class DeviceManager:
                     return d
         raise DeviceNotFound(f"Device '{dev_id}' not found")
 
-    def lookup_device(self, qdev_id: str) -> Any:
-        """blk_by_qdev_id() for HMP ``qemu-io -d``: the device's root driver.
+    def lookup_backend(self, qdev_id: str) -> Any:
+        """blk_by_qdev_id() for HMP ``qemu-io -d``: the device's BlockBackend.
         (HMP prints any error the same way, so every error is a GenericError.)"""
         try:
             dev = self.find(qdev_id)
@@ -78,7 +78,11 @@ class DeviceManager:
         backend = getattr(dev, "backend", None)
         if backend is None or backend.root is None:
             raise GenericError("Device does not have a block device backend")
-        return backend.root.child.driver
+        return backend
+
+    def lookup_device(self, qdev_id: str) -> Any:
+        """The root driver of the device's BlockBackend (see lookup_backend)."""
+        return self.lookup_backend(qdev_id).root.child.driver
 
     # -- device_add ----------------------------------------------------------------
 

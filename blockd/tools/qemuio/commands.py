@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from blockd.drivers.base import BlockDriver, BlockStatusFlag
 from blockd.drivers.open import close_image, open_image, request_perms
+from blockd.graph.accounting import AcctType
 from blockd.qmp.errors import GenericError
 from blockd.tools.qemuio.fmt import (
     BDRV_REQUEST_MAX_BYTES,
@@ -154,6 +155,9 @@ class QemuIo:
         # Inside a monitor command QEMU's error_report() prints to the monitor
         # (the HMP reply), without the program name.
         self.monitor: TextIO | None = None
+        # The BlockBackend's accounting (BlockAcctStats) when it has one:
+        # aio_* commands count there, as QEMU's block_acct_* calls in qemu-io.
+        self.acct: Any = None
         self.commands = {c.name: c for c in _COMMANDS if standalone or c.name not in _CLI_ONLY}
 
     # --- plumbing -------------------------------------------------------------
@@ -707,6 +711,7 @@ async def _vector_io(io: QemuIo, argv: list[str], *, name: str, optstring: str,
             pattern = pat
         elif c == "i":
             io.p(f"injecting invalid {'write' if is_write else 'read'} request\n")
+            _acct_invalid(io, is_write)
             return 0
     if len(args) < 2:
         return io.usage(name)
@@ -730,9 +735,14 @@ async def _vector_io(io: QemuIo, argv: list[str], *, name: str, optstring: str,
     else:
         total = _create_iovec(io, args[1:])
         if total is None:
+            if is_aio:
+                _acct_invalid(io, is_write)
             return EINVAL
         size = total
     failed = f"{'aio_write' if is_aio else 'writev'} failed" if is_write else "readv failed"
+    # QEMU accounts aio reads and writes, not zero writes (no block_acct_start).
+    cookie = io.acct.start(size, AcctType.WRITE if is_write else AcctType.READ) \
+        if is_aio and io.acct is not None and not zflag else None
     t1 = time.monotonic_ns()
     buf = b""
     try:
@@ -742,7 +752,11 @@ async def _vector_io(io: QemuIo, argv: list[str], *, name: str, optstring: str,
             await io._pwrite_zeroes(offset, size, may_unmap=unmap, fua=fua)
         else:
             await io._pwrite(offset, bytes([pattern]) * size, fua=fua)
+        if cookie is not None:
+            io.acct.done(cookie)
     except (OSError, GenericError) as e:
+        if cookie is not None:
+            io.acct.failed(cookie)
         io.p(f"{failed}: {os.strerror(_errno_of(e))}\n")
         # Asynchronous commands count as successful once submitted.
         return 0 if is_aio else -_errno_of(e)
@@ -780,8 +794,17 @@ async def aio_write_f(io: QemuIo, argv: list[str]) -> int:
 
 
 async def aio_flush_f(io: QemuIo, argv: list[str]) -> int:
-    # Requests complete before their command returns: nothing is outstanding.
+    # Requests complete before their command returns: nothing is outstanding;
+    # QEMU still accounts one flush around its drain.
+    if io.acct is not None:
+        io.acct.done(io.acct.start(0, AcctType.FLUSH))
     return 0
+
+
+def _acct_invalid(io: QemuIo, is_write: bool) -> None:
+    """block_acct_invalid() on the BlockBackend's stats, when it has any."""
+    if io.acct is not None:
+        io.acct.invalid(AcctType.WRITE if is_write else AcctType.READ)
 
 
 async def flush_f(io: QemuIo, argv: list[str]) -> int:
@@ -1225,6 +1248,7 @@ async def run_qemu_io_command(
     *, prog: str = "qemu-storage-daemon", monitor: TextIO | None = None,
     writethrough: bool = False,
     perm_hook: Callable[[bool, bool], None] | None = None,
+    acct: Any = None,
 ) -> None:
     """Run one qemu-io command on an open node (HMP ``qemu-io`` of QEMU).
 
@@ -1245,5 +1269,6 @@ async def run_qemu_io_command(
     session.perm_hook = perm_hook
     session.monitor = monitor
     session.writethrough = writethrough
+    session.acct = acct
     await session.command(cmdline)
     out.flush()
