@@ -46,9 +46,6 @@ STRONG_RUNTIME_OPTS: dict[str, tuple[str, ...]] = {
     "quorum": ("vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern"),
 }
 
-# Drivers with .bdrv_file_open in QEMU (protocols, plus blkdebug/blkverify which
-# take a filename): their file name may stand for a format node above them.
-_FILE_OPEN_DRIVERS = frozenset({"blkdebug", "blkverify"})
 
 
 def path_has_protocol(path: str) -> bool:
@@ -91,9 +88,11 @@ def full_backing_filename_from_filename(backed: str, backing: str) -> str | None
 
 
 def is_protocol(node: BlockNode) -> bool:
-    """Whether the node's driver opens a file itself (QEMU's .bdrv_file_open)."""
+    """Whether the node's driver opens a file itself (QEMU's .bdrv_file_open):
+    protocols, and drivers that declare a file-name prefix (blkdebug:): their
+    file name may stand for a format node above them."""
     drv = node.driver
-    return bool(drv.is_protocol) or drv.name in _FILE_OPEN_DRIVERS
+    return bool(drv.is_protocol) or bool(getattr(drv, "protocol_name", None))
 
 
 def primary_child(node: BlockNode) -> BdrvChild | None:
