@@ -100,10 +100,12 @@ def _scenario(vm: Any, d: Path) -> list[str]:
     q("query-blockstats", **{"query-nodes": True})
     q("query-blockstats", **{"query-nodes": False})
     # I/O through the device's own BlockBackend: qemu-io's aio_* commands
-    # account there (reads, writes, a flush, invalid requests, a failure).
+    # account there (reads, writes, flushes, invalid requests, a failure).
+    # QEMU completes aio requests after the HMP command returns: the last
+    # aio_flush drains them before the query.
     for cmd in ("aio_write -P 0x44 8k 4k", "aio_read 0 8k 4k", "aio_flush",
                 "aio_write -i 0 512", "aio_read -i 0 512", "aio_write -z 64k 4k",
-                "aio_read 0 -1", "aio_read 5G 512"):
+                "aio_read 0 -1", "aio_read 5G 512", "aio_flush"):
         q("human-monitor-command", **{"command-line": f'qemu-io -d scsi0 "{cmd}"'})
     q("query-blockstats")
     q("block-commit", device="top", **{"job-id": "j", "top-node": "mid",
