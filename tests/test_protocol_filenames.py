@@ -93,6 +93,10 @@ def test_tools_with_prefixed_names_like_qemu(tmp_path: Path, qemu_img: str, qemu
             _run([img, "info", "--backing-chain", "--output=json", "top.img"], d),
             _run([img, "info", f"blkdebug::{back.name}"], d),
             _run([img, "map", "--output=json", f"blkdebug::{back.name}"], d),
+            # the File column names the protocol node under the filter
+            _run([img, "map", f"blkdebug::{back.name}"], d),
+            _run([img, "check", "top.img"], d),
+            _run([img, "compare", "top.img", str(back)], d),
             _run([io, "-c", "read 0 512", "top.img"], d),
             _run([io, "-f", "raw", "-c", "read 0 512", name], d),
             _run([img, "info", "file:back.img"], d),

@@ -134,8 +134,17 @@ async def read_padded(node: BlockDriver, offset: int, n: int) -> bytes:
 
 
 def file_node(node: BlockDriver) -> BlockDriver:
-    """The protocol node holding a layer's data (the layer itself for protocols);
-    a driver that opens a file name itself (blkdebug) counts as the protocol."""
+    """The protocol node holding a layer's data (the layer itself for protocols),
+    below filters such as blkdebug (what block-status names as ``file``)."""
+    while node.file is not None and not node.is_protocol:
+        node = node.file
+    return node
+
+
+def named_node(node: BlockDriver) -> BlockDriver:
+    """The node whose file name a layer shows (bdrv_refresh_filename): the
+    first one below it that opens a file name itself, a protocol or a driver
+    with a file-name prefix (``blkdebug:<config>:<image>``)."""
     from blockd.drivers.open import opens_files
 
     while node.file is not None and not opens_files(type(node)):
@@ -144,14 +153,14 @@ def file_node(node: BlockDriver) -> BlockDriver:
 
 
 def node_filename(node: BlockDriver) -> str:
-    fname: str = getattr(file_node(node), "filename", "") or ""
+    fname: str = getattr(named_node(node), "filename", "") or ""
     return fname
 
 
 def allocated_file_size(node: BlockDriver) -> int | None:
     """``actual-size``: bytes the host file occupies (st_blocks * 512); unknown
     below a driver like blkdebug that is not a plain protocol (ENOTSUP)."""
-    if not file_node(node).is_protocol:
+    if not named_node(node).is_protocol:
         return None
     name = node_filename(node)
     try:
