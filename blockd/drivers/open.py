@@ -368,7 +368,7 @@ async def open_node(
             )
         _apply_perms(child, node, flags)
     except BaseException:
-        await child.close()
+        await close_image(child)
         raise
 
     try:
@@ -478,15 +478,26 @@ def image_nodes(top: BlockDriver) -> list[BlockDriver]:
     return out
 
 
+def _layer_nodes(layer: BlockDriver) -> list[BlockDriver]:
+    """A layer's node and everything under it but its backing, parents first
+    (raw -> blkdebug -> file; blkverify's test child too)."""
+    out: list[BlockDriver] = []
+    todo: list[BlockDriver] = [layer]
+    while todo:
+        node = todo.pop(0)
+        out.append(node)
+        todo += [c for c in (node.file, *node.extra_children.values()) if c is not None]
+    return out
+
+
 async def close_image(drv: BlockDriver) -> None:
-    """Close the whole chain: formats before their files, overlay before backing."""
+    """Close the whole chain: formats before their files (and the files of
+    filters under them), overlay before backing."""
     first_error: BaseException | None = None
     node: BlockDriver | None = drv
     while node is not None:
         # Close everything even if one node fails; report the first failure.
-        for part in (node, node.file):
-            if part is None:
-                continue
+        for part in _layer_nodes(node):
             try:
                 await part.close()
             except Exception as e:
