@@ -51,6 +51,8 @@ def test_filename_options() -> None:
         "driver": "blkdebug", "config": "/c.cfg", "x-image": "/i.img"}
     assert filename_options("blkverify:/r:/t") == {
         "driver": "blkverify", "x-raw": "/r", "x-image": "/t"}
+    assert filename_options('json:{"driver": "null-co", "size": 512}') == {
+        "driver": "null-co", "size": 512}
     with pytest.raises(GenericError, match="only allowed filename for this driver is"):
         filename_options("null-co://x")
     with pytest.raises(GenericError, match="requires both config file and image path"):

@@ -53,7 +53,12 @@ def find_protocol(filename: str) -> type[BlockDriver]:
 def filename_options(filename: str) -> dict[str, Any]:
     """Options (nested) that open ``filename`` as QEMU does when a bare name is
     given: ``{"driver": <protocol>, ...}`` with the driver's parsed options, or
-    ``{"driver": "file", "filename": ...}``."""
+    ``{"driver": "file", "filename": ...}``; a ``json:{...}`` name gives its
+    options."""
+    if filename.startswith("json:"):
+        from blockd.drivers.open import parse_json_filename
+
+        return parse_json_filename(filename)
     cls = find_protocol(filename)
     parse = getattr(cls, "parse_filename", None)
     opts: dict[str, Any] = {"driver": cls.name}
