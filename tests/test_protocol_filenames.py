@@ -102,6 +102,8 @@ def test_tools_with_prefixed_names_like_qemu(tmp_path: Path, qemu_img: str, qemu
             _run([io, "-c", "read 0 512", "top.img"], d),
             _run([io, "-f", "raw", "-c", "read 0 512", name], d),
             _run([img, "info", "file:back.img"], d),
+            _run([img, "info", "null-co://"], d),
+            _run([img, "info", "--output=json", "-f", "raw", "null-aio://"], d),
             _run([img, "info", "blkverify:back.img:back.img"], d),
         ]
         for bad in ("foo:bar", "null-co://x", "blkdebug:nocolon"):

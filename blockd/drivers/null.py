@@ -29,6 +29,8 @@ class NullCoDriver(BlockDriver):
     is_protocol: ClassVar[bool] = True
     # "null-co://" names this driver (blockd.drivers.protocols).
     protocol_name: ClassVar[str] = "null-co"
+    # No .bdrv_get_info: image info has no dirty-flag over it.
+    has_get_info: ClassVar[bool] = False
 
     @classmethod
     def parse_filename(cls, filename: str) -> dict[str, Any]:
@@ -58,6 +60,10 @@ class NullCoDriver(BlockDriver):
 
     async def close(self) -> None:
         return None
+
+    def allocated_file_size(self) -> int:
+        """null_allocated_file_size(): nothing is stored ("disk size: 0 B")."""
+        return 0
 
     @property
     def leaves_read_buffer(self) -> bool:

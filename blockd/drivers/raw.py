@@ -26,6 +26,8 @@ SECTOR = 512
 @register_driver
 class RawDriver(BlockDriver):
     name: ClassVar[str] = "raw"
+    # raw_get_info() asks the file (image info's dirty-flag comes from there).
+    get_info_from_file: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()

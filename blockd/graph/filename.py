@@ -422,8 +422,10 @@ def allocated_file_size(node: BlockNode) -> int | None:
         except OSError:
             return None
         return st.st_blocks * 512
-    if name in ("null-co", "null-aio"):
-        return 0
+    own = getattr(drv, "allocated_file_size", None)
+    if own is not None:
+        own_size: int = own()
+        return own_size
     if is_protocol(node):
         return None
     filtered = filter_child(node)

@@ -160,7 +160,13 @@ def node_filename(node: BlockDriver) -> str:
 def allocated_file_size(node: BlockDriver) -> int | None:
     """``actual-size``: bytes the host file occupies (st_blocks * 512); unknown
     below a driver like blkdebug that is not a plain protocol (ENOTSUP)."""
-    if not named_node(node).is_protocol:
+    bottom = named_node(node)
+    own = getattr(bottom, "allocated_file_size", None)
+    if own is not None:
+        # Drivers that know their size themselves (null-co: 0).
+        size: int = own()
+        return size
+    if not bottom.is_protocol:
         return None
     name = node_filename(node)
     try:

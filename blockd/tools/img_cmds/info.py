@@ -90,6 +90,16 @@ def snapshot_line(sn: dict[str, Any] | None) -> str:
     )
 
 
+def _has_get_info(node: BlockDriver) -> bool:
+    """Whether bdrv_get_info() succeeds (ImageInfo has ``dirty-flag`` only
+    then): raw and filters ask the node below; a driver without it (null-co)
+    makes it fail with ENOTSUP."""
+    while node.file is not None and (node.is_filter
+                                     or getattr(node, "get_info_from_file", False)):
+        node = node.file
+    return bool(getattr(node, "has_get_info", True))
+
+
 def image_info(node: BlockDriver) -> dict[str, Any]:
     """bdrv_query_image_info(): members inserted in QAPI order (ImageInfo).
 
@@ -100,7 +110,8 @@ def image_info(node: BlockDriver) -> dict[str, Any]:
 
     filename = node_filename(node)
     info: dict[str, Any] = {"filename": filename, "format": node.name}
-    info["dirty-flag"] = bool(getattr(node, "dirty", False))
+    if _has_get_info(node):
+        info["dirty-flag"] = bool(getattr(node, "dirty", False))
     actual = allocated_file_size(node)
     if actual is not None:
         info["actual-size"] = actual
