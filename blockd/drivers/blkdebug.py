@@ -289,6 +289,19 @@ class BlkdebugDriver(BlockDriver):
             return ""
         return f"blkdebug:{self.config_file or ''}:{image}"
 
+    def refresh_filename(self, children: dict[str, str], option_keys: tuple[str, ...],
+                         options: dict[str, Any]) -> str:
+        """blkdebug_refresh_filename() in the graph: ``blkdebug:<config>:<image>``
+        from the image child's exact name, "" when other options shape the node."""
+        image = children.get("image") or children.get("file") or ""
+        if not image:
+            return ""
+        for key in option_keys:
+            if key not in ("config", "image", "x-image", "driver"):
+                return ""
+        config = options.get("config")
+        return f"blkdebug:{config if isinstance(config, str) else ''}:{image}"
+
     def image(self) -> BlockDriver:
         child = self.file if self.file is not None else self.extra_children.get("image")
         if child is None:

@@ -87,6 +87,16 @@ class BlkverifyDriver(BlockDriver):
             return f"blkverify:{raw}:{test}"
         return ""
 
+    def refresh_filename(self, children: dict[str, str], option_keys: tuple[str, ...],
+                         options: dict[str, Any]) -> str:
+        """blkverify_refresh_filename() in the graph: ``blkverify:<raw>:<test>``
+        when both children have exact names."""
+        raw = children.get("raw") or children.get("file") or ""
+        test = children.get("test") or ""
+        if raw and test:
+            return f"blkverify:{raw}:{test}"
+        return ""
+
     def raw(self) -> BlockDriver:
         if self.file is None:
             raise GenericError('A block device must be specified for "raw"')

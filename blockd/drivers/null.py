@@ -61,6 +61,15 @@ class NullCoDriver(BlockDriver):
     async def close(self) -> None:
         return None
 
+    def refresh_filename(self, children: dict[str, str], option_keys: tuple[str, ...],
+                         options: dict[str, Any]) -> str:
+        """null_refresh_filename(): "null-co://" unless an option other than
+        latency-ns shapes the node (then only a json: name describes it)."""
+        for key in option_keys:
+            if key not in ("filename", "driver", "latency-ns"):
+                return ""
+        return f"{self.name}://"
+
     def allocated_file_size(self) -> int:
         """null_allocated_file_size(): nothing is stored ("disk size: 0 B")."""
         return 0

@@ -268,10 +268,14 @@ class FilenameCache:
         json_text, complete = _encode_options(opts)
         info = FilenameInfo("", opts, json_text, complete)
 
-        own = _DRIVER_REFRESH.get(drv.name)
+        own = getattr(drv, "refresh_filename", None)
         primary = primary_child(node)
         if own is not None:
-            info.exact_filename = own(self, node, info)
+            # The driver's own bdrv_refresh_filename (null-co, blkdebug,
+            # blkverify): from its children's exact names and its options.
+            info.exact_filename = own(
+                {c.name: self._infos[id(c.child)].exact_filename for c in node.children},
+                tuple(info.full_open_options), node.options)
         elif primary is not None:
             child_exact = self._infos[id(primary.child)].exact_filename
             if (
@@ -363,48 +367,6 @@ def _opened_filename(node: BlockNode) -> str:
         return value
     fn = getattr(node.driver, "filename", "")
     return fn if isinstance(fn, str) else ""
-
-
-def _null_refresh(cache: FilenameCache, node: BlockNode, info: FilenameInfo) -> str:
-    # null_refresh_filename(): "null-co://" unless a strong option is set.
-    for key in info.full_open_options:
-        if key not in ("filename", "driver", "latency-ns"):
-            return ""
-    return f"{node.driver.name}://"
-
-
-def _blkdebug_refresh(cache: FilenameCache, node: BlockNode, info: FilenameInfo) -> str:
-    image = node.child("image") or node.child("file")
-    if image is None:
-        return ""
-    child_exact = cache.exact_filename(image.child)
-    if not child_exact:
-        return ""
-    for key in info.full_open_options:
-        if key not in ("config", "image", "x-image", "driver"):
-            return ""
-    config = node.options.get("config")
-    return f"blkdebug:{config if isinstance(config, str) else ''}:{child_exact}"
-
-
-def _blkverify_refresh(cache: FilenameCache, node: BlockNode, info: FilenameInfo) -> str:
-    raw = node.child("raw") or node.child("file")
-    test = node.child("test")
-    if raw is None or test is None:
-        return ""
-    raw_exact = cache.exact_filename(raw.child)
-    test_exact = cache.exact_filename(test.child)
-    if raw_exact and test_exact:
-        return f"blkverify:{raw_exact}:{test_exact}"
-    return ""
-
-
-_DRIVER_REFRESH: dict[str, Any] = {
-    "null-co": _null_refresh,
-    "null-aio": _null_refresh,
-    "blkdebug": _blkdebug_refresh,
-    "blkverify": _blkverify_refresh,
-}
 
 
 def allocated_file_size(node: BlockNode) -> int | None:
