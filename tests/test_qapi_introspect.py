@@ -35,6 +35,7 @@ SHARED_WITH_QSD = [
     "object-del",
     "qom-list",
     "query-block",
+    "query-blockstats",
     "x-debug-query-block-graph",
     "block_resize",
     "block-set-write-threshold",
