@@ -27,7 +27,7 @@ from blockd.drivers.base import (
     run_io,
 )
 from blockd.drivers.locking import ImageLock, ofd_locks_supported
-from blockd.io.executor import io_pool
+from blockd.io.executor import inline_io, io_pool
 from blockd.qmp.errors import GenericError
 
 # fallocate(2) modes (linux/falloc.h)
@@ -88,6 +88,10 @@ class FileDriver(BlockDriver):
         self._flushed_gen = 0
         # Serializes read-modify-write cycles of unaligned O_DIRECT writes.
         self._rmw_lock = asyncio.Lock()
+        # Data reads and writes on the calling thread (the blockd-io CLI only, see
+        # blockd.io.executor.set_inline_io): they never suspend, so nothing
+        # interleaves with them and no lock is needed around a read-modify-write.
+        self._inline = inline_io()
 
     # --- open/close ---------------------------------------------------------
 
@@ -192,6 +196,10 @@ class FileDriver(BlockDriver):
     async def read(self, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
+        if self._inline:
+            if self.flags.cache_direct:
+                return self._read_direct(offset, length)
+            return self._read_buffered(offset, length)
         if self.flags.cache_direct:
             return await run_io(self._read_direct, offset, length)
         if self._can_nowait:
@@ -301,6 +309,14 @@ class FileDriver(BlockDriver):
             # file-posix has no compressed writes; the generic layer reports ENOTSUP.
             raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
         self._write_gen += 1
+        if self._inline:
+            if self.flags.cache_direct:
+                self._write_direct_chain([(offset, data)])
+            else:
+                self._pwrite_all(data, offset)
+            if fua:
+                await self.flush()
+            return
         if not self.flags.cache_direct:
             if fua and not self.flags.cache_no_flush:
                 # One pool round trip for the write and its flush.
@@ -355,6 +371,12 @@ class FileDriver(BlockDriver):
         if not writes:
             return
         self._write_gen += 1
+        if self._inline:
+            if self.flags.cache_direct:
+                self._write_direct_chain(writes)
+            else:
+                self._pwrite_chain(writes)
+            return
         if not self.flags.cache_direct:
             await io_pool().run_to_end(self._pwrite_chain, writes)
             return
