@@ -272,7 +272,11 @@ class FileDriver(BlockDriver):
         return bytes(out[skip : skip + length])
 
     def _pwrite_all(self, data: bytes | bytearray | memoryview, offset: int) -> None:
-        view = memoryview(data).cast("B")
+        n = os.pwrite(self.fd, data, offset)
+        if n == memoryview(data).nbytes:
+            return  # the usual case: all of it at once
+        view = memoryview(data).cast("B")[n:]
+        offset += n
         while len(view):
             n = os.pwrite(self.fd, view, offset)
             view = view[n:]
@@ -386,6 +390,26 @@ class FileDriver(BlockDriver):
             return
         async with self._rmw_lock:
             await io_pool().run_to_end(self._write_direct_chain, writes)
+
+    @property
+    def inline(self) -> bool:
+        """Whether data I/O runs on the calling thread (blockd-io's inline mode)."""
+        return self._inline
+
+    def write_chain_now(self, writes: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        """write_many() done synchronously, for callers that checked ``inline``:
+        format drivers finish a simple request without any await."""
+        self._write_gen += 1
+        if self.flags.cache_direct:
+            self._write_direct_chain(writes)
+        else:
+            self._pwrite_chain(writes)
+
+    def read_now(self, offset: int, length: int) -> bytes:
+        """read() done synchronously, for callers that checked ``inline``."""
+        if self.flags.cache_direct:
+            return self._read_direct(offset, length)
+        return self._read_buffered(offset, length)
 
     def _write_zeroes_sync(self, offset: int, length: int, may_unmap: bool) -> None:
         if may_unmap and self._can_punch_hole and offset + length <= self._size():

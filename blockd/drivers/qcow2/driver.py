@@ -817,6 +817,9 @@ class Qcow2Driver(BlockDriver):
             if offset >= self.size:
                 return bytes(length)
             return await self.read(offset, self.size - offset) + bytes(offset + length - self.size)
+        data = self._read_now(offset, length)
+        if data is not None:
+            return data
         async with self._lock:
             extents = await self._map(offset, length)
             self._io_begin()
@@ -827,6 +830,57 @@ class Qcow2Driver(BlockDriver):
             return b"".join(parts)
         finally:
             self._io_end()
+
+    def _read_now(self, offset: int, length: int) -> bytes | None:
+        """The common read done at once, without an await, when the file does
+        its I/O inline (blockd-io): clusters in one cached L2 slice that are all
+        data at contiguous host offsets, or all unallocated/zero with nothing
+        behind them.  None, having done nothing, for anything else (_map and
+        _read_extent then do the full work, including corruption reports)."""
+        f = self.file
+        if type(f) is not FileDriver or not f.inline or self.extl2 or self._lock.locked():
+            return None
+        cb = self.cluster_bits
+        cs = self.cluster_size
+        cluster = offset >> cb
+        n = ((offset + length - 1) >> cb) - cluster + 1
+        l1_idx = cluster >> self.l2_bits
+        l2_idx = cluster & (self.l2_size - 1)
+        first = l2_idx - l2_idx % self.slice_entries
+        if l2_idx - first + n > self.slice_entries or l1_idx >= len(self.l1):
+            return None
+        l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
+        if not l2_off:
+            if self.backing is None:
+                return bytes(length)
+            return None
+        if l2_off & (cs - 1) or l2_off + cs > self._file_len:
+            return None
+        slc = self.l2cache.peek(l2_off + first * 8)
+        if slc is None:
+            return None
+        old = struct.unpack_from(f">{n}Q", slc, (l2_idx - first) * 8)
+        e0 = old[0]
+        if e0 & ~(OFLAG_ZERO | OFLAG_COPIED) == 0:
+            # Unallocated or plain zero clusters.
+            if self.backing is not None or any(e & ~(OFLAG_ZERO | OFLAG_COPIED) for e in old):
+                return None
+            return bytes(length)
+        if e0 & (OFLAG_COMPRESSED | OFLAG_ZERO):
+            return None
+        base = e0 & L2E_OFFSET_MASK
+        if not base or base & (cs - 1) or (
+            n > 1
+            and any(
+                (old[k] ^ e0) & ~L2E_OFFSET_MASK or old[k] & L2E_OFFSET_MASK != base + k * cs
+                for k in range(1, n)
+            )
+        ):
+            return None
+        host = base + (offset & (cs - 1))
+        if host + length > self._file_len:
+            return None
+        return f.read_now(host, length)
 
     # --- allocation helpers ------------------------------------------------
 
@@ -1102,10 +1156,128 @@ class Qcow2Driver(BlockDriver):
             raise _eio()
         if compressed:
             await self._write_compressed(offset, mv)
-        else:
+        elif not self._write_now(offset, mv):
             await self._write_data(offset, mv)
         if fua:
             await self._f.flush()
+
+    def _write_now(self, offset: int, mv: memoryview) -> bool:
+        """The common write done at once, without an await, when the file does
+        its I/O inline (blockd-io, see blockd.io.executor.set_inline_io); False,
+        having done nothing, unless the request is exactly that case: whole
+        clusters in one cached L2 slice of a table this image owns, all of them
+        either unallocated (no COW: fresh clusters from the stable reserve, data
+        then L2 entries in one ordered chain, as _alloc_finish writes them) or
+        owned and contiguous (overwritten in place).  Nothing can interleave, so
+        no lock or in-flight bookkeeping is needed; everything else (COW, L2
+        allocation, reserve refills, corruption reports) is left to _write_data.
+        """
+        f = self.file
+        if type(f) is not FileDriver or not f.inline or self.extl2 or self._allocs:
+            return False
+        cb = self.cluster_bits
+        cs = self.cluster_size
+        length = len(mv)
+        if (offset | length) & (cs - 1) or self._lock.locked():
+            return False
+        n = length >> cb
+        cluster = offset >> cb
+        l1_idx = cluster >> self.l2_bits
+        l2_idx = cluster & (self.l2_size - 1)
+        first = l2_idx - l2_idx % self.slice_entries
+        if l2_idx - first + n > self.slice_entries or l1_idx >= len(self.l1):
+            return False
+        l1e = self.l1[l1_idx]
+        l2_off = l1e & L1E_OFFSET_MASK
+        if not l2_off or not l1e & OFLAG_COPIED or l2_off & (cs - 1):
+            return False
+        if l2_off < cs or l2_off + cs > self._file_len:
+            return False
+        slc = self.l2cache.peek(l2_off + first * 8)
+        if slc is None:
+            return False
+        i = l2_idx - first
+        old = struct.unpack_from(f">{n}Q", slc, i * 8)
+        e0 = old[0]
+        if e0 & ~OFLAG_ZERO == 0:
+            # Unallocated (or plain zero) clusters: nothing to copy, nothing to free.
+            if n > 1 and any(e & ~OFLAG_ZERO for e in old):
+                return False
+            avail = self._pool_end - self._pool_start
+            if (
+                self._pool_end == 0
+                or avail < n
+                or self._rc_dirty
+                or (
+                    self._next_pool is None
+                    and self._barriers
+                    and (avail - n) * 2 < self._pool_chunk
+                )
+            ):
+                return False  # _alloc() has reserve work to do
+            host = self._pool_start << cb
+            if host < cs or self._overlaps_metadata(host, length):
+                return False
+            new = [(host + k * cs) | OFLAG_COPIED for k in range(n)]
+            l2_bytes = struct.pack(f">{n}Q", *new)
+            l2_at = l2_off + l2_idx * 8
+            self._pool_start += n
+            try:
+                f.write_chain_now([(host, mv), (l2_at, l2_bytes)])
+            except BaseException:
+                self._settle_failed_now(f, l2_at, l2_bytes, old, host, n, l2_off + first * 8)
+                raise
+            finally:
+                if host + length > self._file_len:
+                    self._file_len = host + length
+            struct.pack_into(f">{n}Q", slc, i * 8, *new)
+            return True
+        # Owned data clusters at contiguous host offsets: overwrite in place.
+        if e0 & ~(L2E_OFFSET_MASK | OFLAG_COPIED) or not e0 & OFLAG_COPIED:
+            return False
+        host = e0 & L2E_OFFSET_MASK
+        if n > 1 and any(old[k] != e0 + k * cs for k in range(1, n)):
+            return False
+        if host < cs or host & (cs - 1) or host + length > self._file_len:
+            return False
+        if self._overlaps_metadata(host, length):
+            return False
+        f.write_chain_now([(host, mv)])
+        return True
+
+    def _overlaps_metadata(self, host: int, length: int) -> bool:
+        """Whether _check_overlap() has something to say about a data write (or
+        cannot tell without building its map): the caller then takes the slow
+        path, which reports it."""
+        if not self.overlap_checks:
+            return False
+        meta = self._metadata_map
+        if meta is None:
+            return True
+        cb = self.cluster_bits
+        return any(c in meta for c in range(host >> cb, ((host + length - 1) >> cb) + 1))
+
+    def _settle_failed_now(
+        self, f: FileDriver, l2_at: int, l2_bytes: bytes, old: tuple[int, ...], host: int,
+        n: int, slice_key: int,
+    ) -> None:
+        """After a failed chain of _write_now: what do the L2 entries on disk
+        say?  The new ones: the cache learns them.  Still the old ones: the fresh
+        clusters were never referenced and go back (queued like any free).
+        Unclear: the cached slice is dropped, the clusters stay allocated (a leak
+        at worst)."""
+        try:
+            disk = f.read_now(l2_at, len(l2_bytes))
+        except Exception:
+            disk = b""
+        if disk == l2_bytes:
+            slc = self.l2cache.peek(slice_key)
+            if slc is not None:
+                slc[l2_at - slice_key : l2_at - slice_key + len(l2_bytes)] = l2_bytes
+        elif disk == struct.pack(f">{n}Q", *old):
+            self._pending_frees.append((host, n << self.cluster_bits, DISCARD_NEVER))
+        else:
+            self.l2cache.drop(slice_key)
 
     async def _write_data(self, offset: int, mv: memoryview) -> None:
         cs = self.cluster_size
