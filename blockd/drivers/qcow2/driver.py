@@ -107,6 +107,16 @@ class ImageTooLarge(GenericError):
 BITMAP_ALL_ALLOC = 0x00000000FFFFFFFF
 BITMAP_ALL_ZERO = 0xFFFFFFFF00000000
 
+# Packers of n consecutive standard L2 entries, made on first use.
+_ENTRY_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _entry_struct(n: int) -> struct.Struct:
+    st = _ENTRY_STRUCTS.get(n)
+    if st is None:
+        st = _ENTRY_STRUCTS[n] = struct.Struct(f">{n}Q")
+    return st
+
 
 def _sub_range(first: int, count: int) -> int:
     """Bitmap bits of subclusters first..first+count-1 (low half)."""
@@ -205,7 +215,9 @@ class Qcow2Driver(BlockDriver):
     async def _pread(self, offset: int, length: int) -> bytes:
         return await self._f.read(offset, length)
 
-    async def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+    async def _pwrite(
+        self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False
+    ) -> None:
         if self.read_only:
             raise OSError(errno.EPERM, "Operation not permitted")
         if offset < self.cluster_size:
@@ -213,10 +225,24 @@ class Qcow2Driver(BlockDriver):
             await self._signal_corruption(
                 "Preventing invalid write on metadata (overlaps with qcow2_header)"
             )
-        await self._f.write(offset, data)
+        await self._f.write(offset, data, fua=fua)
         end = offset + len(data)
         if end > self._file_len:
             self._file_len = end
+
+    async def _rc_pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """How refcount blocks are written: FUA while a reserve is being raised
+        with durable writes (see _refill_pool)."""
+        await self._pwrite(offset, data, fua=self._rc_fua)
+
+    def _durable_metadata(self) -> bool:
+        """Whether metadata that must be stable before something points at it
+        is written with FUA writes instead of being followed by a barrier: when
+        the file makes a FUA write durable by itself (RWF_DSYNC), a barrier
+        would cost an fdatasync of all the guest data written since the last
+        one, the FUA write only its own few bytes."""
+        f = self.file
+        return self._barriers and isinstance(f, FileDriver) and f.dsync
 
     def set_barriers(self, enabled: bool) -> None:
         """Whether dependent metadata updates are separated by file flushes
@@ -339,7 +365,7 @@ class Qcow2Driver(BlockDriver):
         assert self.cache_config is not None
         self.rc = Refcounts(
             read=self._pread,
-            write=self._pwrite,
+            write=self._rc_pwrite,
             barrier=self._barrier,
             update_reftable_location=self._set_reftable_location,
             cluster_bits=self.cluster_bits,
@@ -902,7 +928,10 @@ class Qcow2Driver(BlockDriver):
             self._next_pool is None
             and self._barriers
             and (self._pool_end - self._pool_start - count) * 2 < self._pool_chunk
+            and not self._durable_metadata()
         ):
+            # Hide the barrier of the next reserve (none needed with durable
+            # refcount writes: the refill is then cheap enough in line).
             await self._settled(self._prefetch_pool())
         off = self._pool_start << self.cluster_bits
         self._pool_start += count
@@ -934,8 +963,18 @@ class Qcow2Driver(BlockDriver):
         await self._release_pools()
         if self.use_lazy_refcounts:
             await self._mark_dirty()
-        off, total = await self.rc.alloc_clusters(count, max(0, self._pool_chunk - count))
-        await self._barrier()
+        extra = max(0, self._pool_chunk - count)
+        if self._durable_metadata():
+            # The refcount writes are stable when they return: no barrier, and
+            # so no flush of the data written meanwhile.
+            self._rc_fua = True
+            try:
+                off, total = await self.rc.alloc_clusters(count, extra)
+            finally:
+                self._rc_fua = False
+        else:
+            off, total = await self.rc.alloc_clusters(count, extra)
+            await self._barrier()
         self._pool_start = off >> self.cluster_bits
         self._pool_end = self._pool_start + total
 
@@ -996,6 +1035,7 @@ class Qcow2Driver(BlockDriver):
     _next_pool: tuple[int, int] | None = None
     _next_ready: asyncio.Task[None] | None = None
     _rc_dirty = False
+    _rc_fua = False
     _pool_start = 0
     _pool_end = 0
 
@@ -1029,13 +1069,17 @@ class Qcow2Driver(BlockDriver):
             content = bytearray(await self._pread(old, self.cluster_size))
         else:
             content = bytearray(self.cluster_size)
-        await self._pwrite(new, content)
+        # The table must be stable before L1 names it (its refcount already is,
+        # unless _rc_dirty): a FUA write where that is cheaper than a barrier.
+        durable = not self._rc_dirty and self._durable_metadata()
+        await self._pwrite(new, content, fua=durable)
         es = self.l2cache.entry_size
         for i in range(0, self.cluster_size, es):
             self.l2cache.put(new + i, content[i : i + es])
-        # One barrier covers both the refcount and the table content.
-        self._rc_dirty = False
-        await self._barrier()
+        if not durable:
+            # One barrier covers both the refcount and the table content.
+            self._rc_dirty = False
+            await self._barrier()
         self.l1[l1_idx] = new | OFLAG_COPIED
         self._metadata_changed()
         await self._pwrite(self.l1_offset + l1_idx * 8, struct.pack(">Q", self.l1[l1_idx]))
@@ -1149,7 +1193,9 @@ class Qcow2Driver(BlockDriver):
         self._check_writable()
         if self.header.autoclear_features & H.AUTOCLEAR_BITMAPS:
             await self._before_modify()
-        mv = memoryview(data).cast("B")
+        mv = memoryview(data)
+        if mv.itemsize != 1 or mv.ndim != 1:
+            mv = mv.cast("B")
         if not len(mv):
             return
         if offset < 0 or offset + len(mv) > self.size:
@@ -1184,44 +1230,50 @@ class Qcow2Driver(BlockDriver):
         cluster = offset >> cb
         l1_idx = cluster >> self.l2_bits
         l2_idx = cluster & (self.l2_size - 1)
-        first = l2_idx - l2_idx % self.slice_entries
-        if l2_idx - first + n > self.slice_entries or l1_idx >= len(self.l1):
+        se = self.slice_entries
+        first = l2_idx - l2_idx % se
+        if l2_idx - first + n > se or l1_idx >= len(self.l1):
             return False
         l1e = self.l1[l1_idx]
         l2_off = l1e & L1E_OFFSET_MASK
-        if not l2_off or not l1e & OFLAG_COPIED or l2_off & (cs - 1):
+        if not l1e & OFLAG_COPIED or l2_off & (cs - 1) or l2_off < cs:
             return False
-        if l2_off < cs or l2_off + cs > self._file_len:
+        if l2_off + cs > self._file_len:
             return False
         slc = self.l2cache.peek(l2_off + first * 8)
         if slc is None:
             return False
-        i = l2_idx - first
-        old = struct.unpack_from(f">{n}Q", slc, i * 8)
+        i = (l2_idx - first) * 8
+        entries = _entry_struct(n)
+        old = entries.unpack_from(slc, i)
         e0 = old[0]
         if e0 & ~OFLAG_ZERO == 0:
             # Unallocated (or plain zero) clusters: nothing to copy, nothing to free.
             if n > 1 and any(e & ~OFLAG_ZERO for e in old):
                 return False
-            avail = self._pool_end - self._pool_start
+            start = self._pool_start
+            avail = self._pool_end - start
             if (
-                self._pool_end == 0
-                or avail < n
+                avail < n
                 or self._rc_dirty
                 or (
                     self._next_pool is None
                     and self._barriers
                     and (avail - n) * 2 < self._pool_chunk
+                    and not self._durable_metadata()
                 )
             ):
                 return False  # _alloc() has reserve work to do
-            host = self._pool_start << cb
-            if host < cs or self._overlaps_metadata(host, length):
+            host = start << cb
+            if host < cs or (self.overlap_checks and self._overlaps_metadata(host, length)):
                 return False
-            new = [(host + k * cs) | OFLAG_COPIED for k in range(n)]
-            l2_bytes = struct.pack(f">{n}Q", *new)
+            if n == 1:
+                new: tuple[int, ...] = (host | OFLAG_COPIED,)
+            else:
+                new = tuple((host + k * cs) | OFLAG_COPIED for k in range(n))
+            l2_bytes = entries.pack(*new)
             l2_at = l2_off + l2_idx * 8
-            self._pool_start += n
+            self._pool_start = start + n
             try:
                 f.write_chain_now([(host, mv), (l2_at, l2_bytes)])
             except BaseException:
@@ -1230,7 +1282,7 @@ class Qcow2Driver(BlockDriver):
             finally:
                 if host + length > self._file_len:
                     self._file_len = host + length
-            struct.pack_into(f">{n}Q", slc, i * 8, *new)
+            entries.pack_into(slc, i, *new)
             return True
         # Owned data clusters at contiguous host offsets: overwrite in place.
         if e0 & ~(L2E_OFFSET_MASK | OFLAG_COPIED) or not e0 & OFLAG_COPIED:
@@ -1240,7 +1292,7 @@ class Qcow2Driver(BlockDriver):
             return False
         if host < cs or host & (cs - 1) or host + length > self._file_len:
             return False
-        if self._overlaps_metadata(host, length):
+        if self.overlap_checks and self._overlaps_metadata(host, length):
             return False
         f.write_chain_now([(host, mv)])
         return True
@@ -1255,7 +1307,11 @@ class Qcow2Driver(BlockDriver):
         if meta is None:
             return True
         cb = self.cluster_bits
-        return any(c in meta for c in range(host >> cb, ((host + length - 1) >> cb) + 1))
+        first = host >> cb
+        last = (host + length - 1) >> cb
+        if first == last:
+            return first in meta
+        return not meta.keys().isdisjoint(range(first, last + 1))
 
     def _settle_failed_now(
         self, f: FileDriver, l2_at: int, l2_bytes: bytes, old: tuple[int, ...], host: int,

@@ -155,6 +155,8 @@ class QemuIo:
         # (the HMP reply), without the program name.
         self.monitor: TextIO | None = None
         self.commands = {c.name: c for c in _COMMANDS if standalone or c.name not in _CLI_ONLY}
+        # The node write permission was last granted on (see command()).
+        self._granted: BlockDriver | None = None
 
     # --- plumbing -------------------------------------------------------------
 
@@ -346,7 +348,9 @@ class QemuIo:
                     f"{ct.argmin} and {ct.argmax} arguments\n"
                 )
             return EINVAL
-        if (ct.write or ct.resize) and self.blk is not None:
+        if (ct.write or ct.resize) and self.blk is not None and (
+            self._granted is not self.blk or ct.resize
+        ):
             try:
                 if self.perm_hook is not None:
                     self.perm_hook(ct.write, ct.resize)
@@ -355,6 +359,10 @@ class QemuIo:
             except GenericError as e:
                 self.error_report_err(e)
                 return -errno.EPERM
+            if not ct.resize and self.perm_hook is None:
+                # Write permission, once taken, stays for this node: later write
+                # commands skip the request (reopen/open make a new node).
+                self._granted = self.blk
         return await ct.func(self, argv)
 
     # --- image management (CLI) ----------------------------------------------
@@ -500,8 +508,16 @@ async def read_f(io: QemuIo, argv: list[str]) -> int:
     return ret
 
 
+# Valid pattern arguments already parsed ("0x5a" comes with every write of a
+# script), bounded.
+_PATTERNS: dict[str, int] = {}
+
+
 def _parse_pattern(io: QemuIo, arg: str) -> int:
     """parse_pattern(): strtol base 0 into 0..255."""
+    known = _PATTERNS.get(arg)
+    if known is not None:
+        return known
     try:
         v = _strtol0(arg)
     except ValueError:
@@ -509,6 +525,8 @@ def _parse_pattern(io: QemuIo, arg: str) -> int:
     if v < 0 or v > 255:
         io.p(f"{arg} is not a valid pattern byte\n")
         return -1
+    if len(_PATTERNS) < 1024:
+        _PATTERNS[arg] = v
     return v
 
 

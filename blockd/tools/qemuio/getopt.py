@@ -11,10 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(frozen=True)
 class Opt:
     char: str
     arg: str | None = None
+
+
+# Options already seen (scripts repeat "-q", "-P 0x5a" thousands of times); the
+# objects are immutable, so one serves every occurrence.  Bounded.
+_SEEN: dict[tuple[str, str | None], Opt] = {}
+
+
+def _opt(c: str, arg: str | None = None) -> Opt:
+    key = (c, arg)
+    o = _SEEN.get(key)
+    if o is None:
+        o = Opt(c, arg)
+        if len(_SEEN) < 1024:
+            _SEEN[key] = o
+    return o
 
 
 @dataclass
@@ -69,13 +84,13 @@ def getopt(
                 return items, operands + argv[i:]
             if takes:
                 if j < wl:
-                    items.append(Opt(c, word[j:]))
+                    items.append(_opt(c, word[j:]))
                 elif i < n:
-                    items.append(Opt(c, argv[i]))
+                    items.append(_opt(c, argv[i]))
                     i += 1
                 else:
                     items.append(OptError(f"{prog}: option requires an argument -- '{c}'\n"))
                     return items, operands
                 break
-            items.append(Opt(c))
+            items.append(_opt(c))
     return items, operands
