@@ -11,14 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Opt:
+    """One option (callers only read it: instances are shared, see _opt())."""
+
     char: str
     arg: str | None = None
 
 
 # Options already seen (scripts repeat "-q", "-P 0x5a" thousands of times); the
-# objects are immutable, so one serves every occurrence.  Bounded.
+# objects are never modified, so one serves every occurrence.  Bounded.
 _SEEN: dict[tuple[str, str | None], Opt] = {}
 
 
