@@ -432,7 +432,8 @@ class FileDriver(BlockDriver):
         if self.flags.cache_direct:
             self._write_direct_chain(writes)
         else:
-            self._pwrite_chain(writes)
+            for offset, data in writes:
+                self._pwrite_all(data, offset)
 
     def read_now(self, offset: int, length: int) -> bytes:
         """read() done synchronously, for callers that checked ``inline``."""

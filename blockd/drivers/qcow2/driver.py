@@ -1190,7 +1190,8 @@ class Qcow2Driver(BlockDriver):
         compressed: bool = False,
         fua: bool = False,
     ) -> None:
-        self._check_writable()
+        if self.read_only or self.corrupt:
+            self._check_writable()  # raises
         if self.header.autoclear_features & H.AUTOCLEAR_BITMAPS:
             await self._before_modify()
         mv = memoryview(data)

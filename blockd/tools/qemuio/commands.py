@@ -262,17 +262,20 @@ class QemuIo:
 
     async def _pwrite(self, offset: int, data: bytes, *, fua: bool = False,
                       compressed: bool = False) -> None:
-        assert self.blk is not None
-        self._check_request(offset, len(data))
+        blk = self.blk
+        assert blk is not None
+        size = blk.get_length()
+        if offset < 0 or offset > size or size - offset < len(data):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # as _check_request()
         if not data:
             return
         if self.writethrough and not fua and not compressed and self._fua_is_flush():
             # Write-through: QEMU sends FUA, emulated as write + flush of the node.
-            await self.blk.write(offset, data, fua=True)
+            await blk.write(offset, data, fua=True)
             return
-        await self.blk.write(offset, data, compressed=compressed, fua=fua)
+        await blk.write(offset, data, compressed=compressed, fua=fua)
         if self.writethrough and not fua:
-            await self.blk.flush()
+            await blk.flush()
 
     def _fua_is_flush(self) -> bool:
         """Whether a FUA write means exactly "write, then flush this node": true for
