@@ -5,9 +5,9 @@ Each phase runs as one tool process given its commands with ``-c`` (``-q`` comma
 ``-t writeback`` so the host cache, not fdatasync, is measured — as with qemu-io's
 own throughput runs); the process start-up time, measured with an empty script, is
 subtracted.  The tools alternate phase by phase so drifting host load hits both
-alike.  Prints MiB/s per tool, the blockd/qemu ratio (goal: >= 0.8 on the
-sequential phases) and the load average around the run.  Not part of the test
-suite.
+alike.  Prints MiB/s per tool (best and median of the rounds), the blockd/qemu
+ratios (goal: >= 0.8 on the sequential phases) and the load average around the
+run.  Not part of the test suite.
 
     python bench/bench_io.py [--size 1G] [--seq-bytes 1G] [--random-ops 8192] [--fmt qcow2]
                              [--repeat 3]
@@ -19,6 +19,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,8 @@ def main() -> int:
     ap.add_argument("--random-ops", type=int, default=8192)
     ap.add_argument("--fmt", default="qcow2", choices=["qcow2", "raw"])
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=3, help="rounds; the best is reported")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds; the best and the median are reported")
     ap.add_argument("--dir", default=None, help="directory for the images")
     args = ap.parse_args()
 
@@ -89,7 +91,7 @@ def main() -> int:
     # on a shared host load drifts, and interleaving exposes both tools to it alike;
     # the best run is the one least disturbed by other load.
     tools = (("qemu-io", qemu_io), ("blockd-io", blockd_io))
-    results: dict[str, dict[str, float]] = {name: {} for name, _ in tools}
+    results: dict[str, dict[str, list[float]]] = {name: {} for name, _ in tools}
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-io-", dir=args.dir) as d:
         for _ in range(args.repeat):
@@ -110,22 +112,27 @@ def main() -> int:
                         # Start-up noise swamped the phase: no usable sample.
                         continue
                     rate = nbytes / elapsed / (1 << 20)
-                    results[name][phase] = max(results[name].get(phase, 0.0), rate)
+                    results[name].setdefault(phase, []).append(rate)
             for img in imgs.values():
                 os.unlink(img)
     load_after = os.getloadavg()[0]
 
     print(f"{args.fmt}, {args.size} image, 64 KiB requests, cache=writeback, "
-          f"best of {args.repeat}; load average {load_before:.2f} -> {load_after:.2f} "
+          f"{args.repeat} rounds; load average {load_before:.2f} -> {load_after:.2f} "
           f"on {os.cpu_count()} CPUs")
-    print(f"{'phase':<12} {'qemu-io MiB/s':>14} {'blockd-io MiB/s':>16} {'ratio':>7}")
+    print(f"{'':<12} {' best ':-^38}   {' median ':-^38}")
+    print(f"{'phase':<12} {'qemu-io MiB/s':>14} {'blockd-io MiB/s':>16} {'ratio':>6}   "
+          f"{'qemu-io MiB/s':>14} {'blockd-io MiB/s':>16} {'ratio':>6}")
     for phase, _, _ in plan:
         q = results["qemu-io"].get(phase)
         b = results["blockd-io"].get(phase)
-        if q is None or b is None:
+        if not q or not b:
             print(f"{phase:<12} {'n/a (phase too short for the start-up noise)':>39}")
             continue
-        print(f"{phase:<12} {q:>14.1f} {b:>16.1f} {b / q:>7.2f}")
+        qb, bb = max(q), max(b)
+        qm, bm = statistics.median(q), statistics.median(b)
+        print(f"{phase:<12} {qb:>14.1f} {bb:>16.1f} {bb / qb:>6.2f}   "
+              f"{qm:>14.1f} {bm:>16.1f} {bm / qm:>6.2f}")
     return 0
 
 

@@ -27,7 +27,7 @@ from blockd.drivers.base import (
     run_io,
 )
 from blockd.drivers.locking import ImageLock, ofd_locks_supported
-from blockd.io.executor import io_pool
+from blockd.io.executor import inline_io, io_pool
 from blockd.qmp.errors import GenericError
 
 # fallocate(2) modes (linux/falloc.h)
@@ -89,12 +89,20 @@ class FileDriver(BlockDriver):
         self._can_punch_hole = True
         self._can_fallocate = True
         self._can_nowait = hasattr(os, "RWF_NOWAIT")
+        # FUA as pwritev2(RWF_DSYNC): only the written range is made durable,
+        # instead of an fdatasync of everything dirty in the file.
+        self._can_dsync = hasattr(os, "RWF_DSYNC")
         # Like bs->write_gen/flushed_gen: a flush with nothing written since the
         # last one is skipped.
         self._write_gen = 0
         self._flushed_gen = 0
         # Serializes read-modify-write cycles of unaligned O_DIRECT writes.
         self._rmw_lock = asyncio.Lock()
+        # Data reads and writes on the calling thread (the blockd-io CLI only, see
+        # blockd.io.executor.set_inline_io): they never suspend, so nothing
+        # interleaves with them and no lock is needed around a read-modify-write.
+        # Read by format drivers on their hot paths: a plain attribute.
+        self.inline = inline_io()
 
     # --- open/close ---------------------------------------------------------
 
@@ -199,6 +207,10 @@ class FileDriver(BlockDriver):
     async def read(self, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
+        if self.inline:
+            if self.flags.cache_direct:
+                return self._read_direct(offset, length)
+            return self._read_buffered(offset, length)
         if self.flags.cache_direct:
             return await run_io(self._read_direct, offset, length)
         if self._can_nowait:
@@ -271,7 +283,11 @@ class FileDriver(BlockDriver):
         return bytes(out[skip : skip + length])
 
     def _pwrite_all(self, data: bytes | bytearray | memoryview, offset: int) -> None:
-        view = memoryview(data).cast("B")
+        n = os.pwrite(self.fd, data, offset)
+        if n == memoryview(data).nbytes:
+            return  # the usual case: all of it at once
+        view = memoryview(data).cast("B")[n:]
+        offset += n
         while len(view):
             n = os.pwrite(self.fd, view, offset)
             view = view[n:]
@@ -280,6 +296,31 @@ class FileDriver(BlockDriver):
     def _pwrite_all_sync(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         self._pwrite_all(data, offset)
         os.fdatasync(self.fd)
+
+    def _pwrite_dsync(self, data: bytes | bytearray | memoryview, offset: int) -> bool:
+        """Write data durably by itself (RWF_DSYNC, the per-write O_DSYNC); True
+        if done, False (nothing written) when the kernel or file system does
+        not support it, which is remembered."""
+        view = memoryview(data).cast("B")
+        while True:
+            try:
+                n = os.pwritev(self.fd, [view], offset, os.RWF_DSYNC)
+            except OSError as e:
+                if _unsupported(e) and len(view) == memoryview(data).nbytes:
+                    self._can_dsync = False
+                    return False
+                raise
+            if n == len(view):
+                return True
+            view = view[n:]
+            offset += n
+
+    @property
+    def dsync(self) -> bool:
+        """Whether a FUA write makes only its own range durable (RWF_DSYNC) rather
+        than flushing the whole file: format drivers then prefer FUA writes of
+        their metadata to barriers, which would flush all the data written."""
+        return self._can_dsync and not self.flags.cache_direct and not self.flags.cache_no_flush
 
     def _write_direct_aligned(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         view = memoryview(data).cast("B")
@@ -308,7 +349,20 @@ class FileDriver(BlockDriver):
             # file-posix has no compressed writes; the generic layer reports ENOTSUP.
             raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP))
         self._write_gen += 1
+        if self.inline:
+            if fua and self.dsync and self._pwrite_dsync(data, offset):
+                return
+            if self.flags.cache_direct:
+                self._write_direct_chain([(offset, data)])
+            else:
+                self._pwrite_all(data, offset)
+            if fua:
+                await self.flush()
+            return
         if not self.flags.cache_direct:
+            if fua and self.dsync and await run_io(self._pwrite_dsync, data, offset):
+                # Durable by itself; nothing else written is flushed.
+                return
             if fua and not self.flags.cache_no_flush:
                 # One pool round trip for the write and its flush.
                 gen = self._write_gen
@@ -362,6 +416,12 @@ class FileDriver(BlockDriver):
         if not writes:
             return
         self._write_gen += 1
+        if self.inline:
+            if self.flags.cache_direct:
+                self._write_direct_chain(writes)
+            else:
+                self._pwrite_chain(writes)
+            return
         if not self.flags.cache_direct:
             await io_pool().run_to_end(self._pwrite_chain, writes)
             return
@@ -371,6 +431,22 @@ class FileDriver(BlockDriver):
             return
         async with self._rmw_lock:
             await io_pool().run_to_end(self._write_direct_chain, writes)
+
+    def write_chain_now(self, writes: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        """write_many() done synchronously, for callers that checked ``inline``:
+        format drivers finish a simple request without any await."""
+        self._write_gen += 1
+        if self.flags.cache_direct:
+            self._write_direct_chain(writes)
+        else:
+            for offset, data in writes:
+                self._pwrite_all(data, offset)
+
+    def read_now(self, offset: int, length: int) -> bytes:
+        """read() done synchronously, for callers that checked ``inline``."""
+        if self.flags.cache_direct:
+            return self._read_direct(offset, length)
+        return self._read_buffered(offset, length)
 
     def _write_zeroes_sync(self, offset: int, length: int, may_unmap: bool) -> None:
         if may_unmap and self._can_punch_hole and offset + length <= self._size():

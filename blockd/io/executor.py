@@ -171,6 +171,28 @@ class IOPool:
 _POOL: IOPool | None = None
 _POOL_LOCK = threading.Lock()
 
+# Whether data I/O may run on the calling (event loop) thread; see set_inline_io().
+_INLINE = False
+
+
+def set_inline_io(enabled: bool) -> None:
+    """Let protocol drivers opened from now on do their data reads and writes
+    directly on the calling thread instead of through the pool.
+
+    Only for a process that runs one request at a time and has nothing else for
+    its event loop to do meanwhile (the ``blockd-io`` CLI): there the pool's
+    hand-off, not the I/O, is what a 64 KiB request costs.  The daemon never sets
+    it: it must keep disk I/O off its loop.  Flushes stay in the pool either way,
+    so background barriers still overlap with the writes that follow them.
+    """
+    global _INLINE
+    _INLINE = enabled
+
+
+def inline_io() -> bool:
+    """Whether set_inline_io(True) is in effect."""
+    return _INLINE
+
 
 def io_pool() -> IOPool:
     """The process-wide I/O pool (like QEMU's thread pool: up to 64 workers)."""

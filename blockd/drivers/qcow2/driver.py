@@ -107,6 +107,16 @@ class ImageTooLarge(GenericError):
 BITMAP_ALL_ALLOC = 0x00000000FFFFFFFF
 BITMAP_ALL_ZERO = 0xFFFFFFFF00000000
 
+# Packers of n consecutive standard L2 entries, made on first use.
+_ENTRY_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _entry_struct(n: int) -> struct.Struct:
+    st = _ENTRY_STRUCTS.get(n)
+    if st is None:
+        st = _ENTRY_STRUCTS[n] = struct.Struct(f">{n}Q")
+    return st
+
 
 def _sub_range(first: int, count: int) -> int:
     """Bitmap bits of subclusters first..first+count-1 (low half)."""
@@ -205,7 +215,9 @@ class Qcow2Driver(BlockDriver):
     async def _pread(self, offset: int, length: int) -> bytes:
         return await self._f.read(offset, length)
 
-    async def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+    async def _pwrite(
+        self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False
+    ) -> None:
         if self.read_only:
             raise OSError(errno.EPERM, "Operation not permitted")
         if offset < self.cluster_size:
@@ -213,10 +225,24 @@ class Qcow2Driver(BlockDriver):
             await self._signal_corruption(
                 "Preventing invalid write on metadata (overlaps with qcow2_header)"
             )
-        await self._f.write(offset, data)
+        await self._f.write(offset, data, fua=fua)
         end = offset + len(data)
         if end > self._file_len:
             self._file_len = end
+
+    async def _rc_pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """How refcount blocks are written: FUA while a reserve is being raised
+        with durable writes (see _refill_pool)."""
+        await self._pwrite(offset, data, fua=self._rc_fua)
+
+    def _durable_metadata(self) -> bool:
+        """Whether metadata that must be stable before something points at it
+        is written with FUA writes instead of being followed by a barrier: when
+        the file makes a FUA write durable by itself (RWF_DSYNC), a barrier
+        would cost an fdatasync of all the guest data written since the last
+        one, the FUA write only its own few bytes."""
+        f = self.file
+        return self._barriers and isinstance(f, FileDriver) and f.dsync
 
     def set_barriers(self, enabled: bool) -> None:
         """Whether dependent metadata updates are separated by file flushes
@@ -339,7 +365,7 @@ class Qcow2Driver(BlockDriver):
         assert self.cache_config is not None
         self.rc = Refcounts(
             read=self._pread,
-            write=self._pwrite,
+            write=self._rc_pwrite,
             barrier=self._barrier,
             update_reftable_location=self._set_reftable_location,
             cluster_bits=self.cluster_bits,
@@ -817,6 +843,9 @@ class Qcow2Driver(BlockDriver):
             if offset >= self.size:
                 return bytes(length)
             return await self.read(offset, self.size - offset) + bytes(offset + length - self.size)
+        data = self._read_now(offset, length)
+        if data is not None:
+            return data
         async with self._lock:
             extents = await self._map(offset, length)
             self._io_begin()
@@ -827,6 +856,57 @@ class Qcow2Driver(BlockDriver):
             return b"".join(parts)
         finally:
             self._io_end()
+
+    def _read_now(self, offset: int, length: int) -> bytes | None:
+        """The common read done at once, without an await, when the file does
+        its I/O inline (blockd-io): clusters in one cached L2 slice that are all
+        data at contiguous host offsets, or all unallocated/zero with nothing
+        behind them.  None, having done nothing, for anything else (_map and
+        _read_extent then do the full work, including corruption reports)."""
+        f = self.file
+        if type(f) is not FileDriver or not f.inline or self.extl2 or self._lock.locked():
+            return None
+        cb = self.cluster_bits
+        cs = self.cluster_size
+        cluster = offset >> cb
+        n = ((offset + length - 1) >> cb) - cluster + 1
+        l1_idx = cluster >> self.l2_bits
+        l2_idx = cluster & (self.l2_size - 1)
+        first = l2_idx - l2_idx % self.slice_entries
+        if l2_idx - first + n > self.slice_entries or l1_idx >= len(self.l1):
+            return None
+        l2_off = self.l1[l1_idx] & L1E_OFFSET_MASK
+        if not l2_off:
+            if self.backing is None:
+                return bytes(length)
+            return None
+        if l2_off & (cs - 1) or l2_off + cs > self._file_len:
+            return None
+        slc = self.l2cache.peek(l2_off + first * 8)
+        if slc is None:
+            return None
+        old = struct.unpack_from(f">{n}Q", slc, (l2_idx - first) * 8)
+        e0 = old[0]
+        if e0 & ~(OFLAG_ZERO | OFLAG_COPIED) == 0:
+            # Unallocated or plain zero clusters.
+            if self.backing is not None or any(e & ~(OFLAG_ZERO | OFLAG_COPIED) for e in old):
+                return None
+            return bytes(length)
+        if e0 & (OFLAG_COMPRESSED | OFLAG_ZERO):
+            return None
+        base = e0 & L2E_OFFSET_MASK
+        if not base or base & (cs - 1) or (
+            n > 1
+            and any(
+                (old[k] ^ e0) & ~L2E_OFFSET_MASK or old[k] & L2E_OFFSET_MASK != base + k * cs
+                for k in range(1, n)
+            )
+        ):
+            return None
+        host = base + (offset & (cs - 1))
+        if host + length > self._file_len:
+            return None
+        return f.read_now(host, length)
 
     # --- allocation helpers ------------------------------------------------
 
@@ -848,7 +928,10 @@ class Qcow2Driver(BlockDriver):
             self._next_pool is None
             and self._barriers
             and (self._pool_end - self._pool_start - count) * 2 < self._pool_chunk
+            and not self._durable_metadata()
         ):
+            # Hide the barrier of the next reserve (none needed with durable
+            # refcount writes: the refill is then cheap enough in line).
             await self._settled(self._prefetch_pool())
         off = self._pool_start << self.cluster_bits
         self._pool_start += count
@@ -880,8 +963,18 @@ class Qcow2Driver(BlockDriver):
         await self._release_pools()
         if self.use_lazy_refcounts:
             await self._mark_dirty()
-        off, total = await self.rc.alloc_clusters(count, max(0, self._pool_chunk - count))
-        await self._barrier()
+        extra = max(0, self._pool_chunk - count)
+        if self._durable_metadata():
+            # The refcount writes are stable when they return: no barrier, and
+            # so no flush of the data written meanwhile.
+            self._rc_fua = True
+            try:
+                off, total = await self.rc.alloc_clusters(count, extra)
+            finally:
+                self._rc_fua = False
+        else:
+            off, total = await self.rc.alloc_clusters(count, extra)
+            await self._barrier()
         self._pool_start = off >> self.cluster_bits
         self._pool_end = self._pool_start + total
 
@@ -942,6 +1035,7 @@ class Qcow2Driver(BlockDriver):
     _next_pool: tuple[int, int] | None = None
     _next_ready: asyncio.Task[None] | None = None
     _rc_dirty = False
+    _rc_fua = False
     _pool_start = 0
     _pool_end = 0
 
@@ -975,13 +1069,17 @@ class Qcow2Driver(BlockDriver):
             content = bytearray(await self._pread(old, self.cluster_size))
         else:
             content = bytearray(self.cluster_size)
-        await self._pwrite(new, content)
+        # The table must be stable before L1 names it (its refcount already is,
+        # unless _rc_dirty): a FUA write where that is cheaper than a barrier.
+        durable = not self._rc_dirty and self._durable_metadata()
+        await self._pwrite(new, content, fua=durable)
         es = self.l2cache.entry_size
         for i in range(0, self.cluster_size, es):
             self.l2cache.put(new + i, content[i : i + es])
-        # One barrier covers both the refcount and the table content.
-        self._rc_dirty = False
-        await self._barrier()
+        if not durable:
+            # One barrier covers both the refcount and the table content.
+            self._rc_dirty = False
+            await self._barrier()
         self.l1[l1_idx] = new | OFLAG_COPIED
         self._metadata_changed()
         await self._pwrite(self.l1_offset + l1_idx * 8, struct.pack(">Q", self.l1[l1_idx]))
@@ -1092,20 +1190,151 @@ class Qcow2Driver(BlockDriver):
         compressed: bool = False,
         fua: bool = False,
     ) -> None:
-        self._check_writable()
+        if self.read_only or self.corrupt:
+            self._check_writable()  # raises
         if self.header.autoclear_features & H.AUTOCLEAR_BITMAPS:
             await self._before_modify()
-        mv = memoryview(data).cast("B")
+        mv = memoryview(data)
+        if mv.itemsize != 1 or mv.ndim != 1:
+            mv = mv.cast("B")
         if not len(mv):
             return
         if offset < 0 or offset + len(mv) > self.size:
             raise _eio()
         if compressed:
             await self._write_compressed(offset, mv)
-        else:
+        elif not self._write_now(offset, mv):
             await self._write_data(offset, mv)
         if fua:
             await self._f.flush()
+
+    def _write_now(self, offset: int, mv: memoryview) -> bool:
+        """The common write done at once, without an await, when the file does
+        its I/O inline (blockd-io, see blockd.io.executor.set_inline_io); False,
+        having done nothing, unless the request is exactly that case: whole
+        clusters in one cached L2 slice of a table this image owns, all of them
+        either unallocated (no COW: fresh clusters from the stable reserve, data
+        then L2 entries in one ordered chain, as _alloc_finish writes them) or
+        owned and contiguous (overwritten in place).  Nothing can interleave, so
+        no lock or in-flight bookkeeping is needed; everything else (COW, L2
+        allocation, reserve refills, corruption reports) is left to _write_data.
+        """
+        f = self.file
+        if type(f) is not FileDriver or not f.inline or self.extl2 or self._allocs:
+            return False
+        cb = self.cluster_bits
+        cs = self.cluster_size
+        length = len(mv)
+        if (offset | length) & (cs - 1) or self._lock.locked():
+            return False
+        n = length >> cb
+        cluster = offset >> cb
+        l1_idx = cluster >> self.l2_bits
+        l2_idx = cluster & (self.l2_size - 1)
+        se = self.slice_entries
+        first = l2_idx - l2_idx % se
+        if l2_idx - first + n > se or l1_idx >= len(self.l1):
+            return False
+        l1e = self.l1[l1_idx]
+        l2_off = l1e & L1E_OFFSET_MASK
+        if not l1e & OFLAG_COPIED or l2_off & (cs - 1) or l2_off < cs:
+            return False
+        if l2_off + cs > self._file_len:
+            return False
+        slc = self.l2cache.peek(l2_off + first * 8)
+        if slc is None:
+            return False
+        i = (l2_idx - first) * 8
+        entries = _entry_struct(n)
+        old = entries.unpack_from(slc, i)
+        e0 = old[0]
+        if e0 & ~OFLAG_ZERO == 0:
+            # Unallocated (or plain zero) clusters: nothing to copy, nothing to free.
+            if n > 1 and any(e & ~OFLAG_ZERO for e in old):
+                return False
+            start = self._pool_start
+            avail = self._pool_end - start
+            if (
+                avail < n
+                or self._rc_dirty
+                or (
+                    self._next_pool is None
+                    and self._barriers
+                    and (avail - n) * 2 < self._pool_chunk
+                    and not self._durable_metadata()
+                )
+            ):
+                return False  # _alloc() has reserve work to do
+            host = start << cb
+            if host < cs or (self.overlap_checks and self._overlaps_metadata(host, length)):
+                return False
+            if n == 1:
+                new: tuple[int, ...] = (host | OFLAG_COPIED,)
+            else:
+                new = tuple((host + k * cs) | OFLAG_COPIED for k in range(n))
+            l2_bytes = entries.pack(*new)
+            l2_at = l2_off + l2_idx * 8
+            self._pool_start = start + n
+            try:
+                f.write_chain_now([(host, mv), (l2_at, l2_bytes)])
+            except BaseException:
+                self._settle_failed_now(f, l2_at, l2_bytes, old, host, n, l2_off + first * 8)
+                raise
+            finally:
+                if host + length > self._file_len:
+                    self._file_len = host + length
+            entries.pack_into(slc, i, *new)
+            return True
+        # Owned data clusters at contiguous host offsets: overwrite in place.
+        if e0 & ~(L2E_OFFSET_MASK | OFLAG_COPIED) or not e0 & OFLAG_COPIED:
+            return False
+        host = e0 & L2E_OFFSET_MASK
+        if n > 1 and any(old[k] != e0 + k * cs for k in range(1, n)):
+            return False
+        if host < cs or host & (cs - 1) or host + length > self._file_len:
+            return False
+        if self.overlap_checks and self._overlaps_metadata(host, length):
+            return False
+        f.write_chain_now([(host, mv)])
+        return True
+
+    def _overlaps_metadata(self, host: int, length: int) -> bool:
+        """Whether _check_overlap() has something to say about a data write (or
+        cannot tell without building its map): the caller then takes the slow
+        path, which reports it."""
+        if not self.overlap_checks:
+            return False
+        meta = self._metadata_map
+        if meta is None:
+            return True
+        cb = self.cluster_bits
+        first = host >> cb
+        last = (host + length - 1) >> cb
+        if first == last:
+            return first in meta
+        return not meta.keys().isdisjoint(range(first, last + 1))
+
+    def _settle_failed_now(
+        self, f: FileDriver, l2_at: int, l2_bytes: bytes, old: tuple[int, ...], host: int,
+        n: int, slice_key: int,
+    ) -> None:
+        """After a failed chain of _write_now: what do the L2 entries on disk
+        say?  The new ones: the cache learns them.  Still the old ones: the fresh
+        clusters were never referenced and go back (queued like any free).
+        Unclear: the cached slice is dropped, the clusters stay allocated (a leak
+        at worst)."""
+        try:
+            disk = f.read_now(l2_at, len(l2_bytes))
+        except Exception:
+            disk = b""
+        if disk == l2_bytes:
+            slc = self.l2cache.peek(slice_key)
+            if slc is not None:
+                slc[l2_at - slice_key : l2_at - slice_key + len(l2_bytes)] = l2_bytes
+        elif disk == struct.pack(f">{n}Q", *old):
+            self._pending_frees.append((host, n << self.cluster_bits, DISCARD_NEVER))
+        else:
+            self.l2cache.drop(slice_key)
 
     async def _write_data(self, offset: int, mv: memoryview) -> None:
         cs = self.cluster_size

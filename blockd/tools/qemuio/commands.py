@@ -159,6 +159,8 @@ class QemuIo:
         # aio_* commands count there, as QEMU's block_acct_* calls in qemu-io.
         self.acct: Any = None
         self.commands = {c.name: c for c in _COMMANDS if standalone or c.name not in _CLI_ONLY}
+        # The node write permission was last granted on (see command()).
+        self._granted: BlockDriver | None = None
 
     # --- plumbing -------------------------------------------------------------
 
@@ -264,17 +266,20 @@ class QemuIo:
 
     async def _pwrite(self, offset: int, data: bytes, *, fua: bool = False,
                       compressed: bool = False) -> None:
-        assert self.blk is not None
-        self._check_request(offset, len(data))
+        blk = self.blk
+        assert blk is not None
+        size = blk.get_length()
+        if offset < 0 or offset > size or size - offset < len(data):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # as _check_request()
         if not data:
             return
         if self.writethrough and not fua and not compressed and self._fua_is_flush():
             # Write-through: QEMU sends FUA, emulated as write + flush of the node.
-            await self.blk.write(offset, data, fua=True)
+            await blk.write(offset, data, fua=True)
             return
-        await self.blk.write(offset, data, compressed=compressed, fua=fua)
+        await blk.write(offset, data, compressed=compressed, fua=fua)
         if self.writethrough and not fua:
-            await self.blk.flush()
+            await blk.flush()
 
     def _fua_is_flush(self) -> bool:
         """Whether a FUA write means exactly "write, then flush this node": true for
@@ -350,7 +355,9 @@ class QemuIo:
                     f"{ct.argmin} and {ct.argmax} arguments\n"
                 )
             return EINVAL
-        if (ct.write or ct.resize) and self.blk is not None:
+        if (ct.write or ct.resize) and self.blk is not None and (
+            self._granted is not self.blk or ct.resize
+        ):
             try:
                 if self.perm_hook is not None:
                     self.perm_hook(ct.write, ct.resize)
@@ -359,6 +366,10 @@ class QemuIo:
             except GenericError as e:
                 self.error_report_err(e)
                 return -errno.EPERM
+            if not ct.resize and self.perm_hook is None:
+                # Write permission, once taken, stays for this node: later write
+                # commands skip the request (reopen/open make a new node).
+                self._granted = self.blk
         return await ct.func(self, argv)
 
     # --- image management (CLI) ----------------------------------------------
@@ -504,8 +515,16 @@ async def read_f(io: QemuIo, argv: list[str]) -> int:
     return ret
 
 
+# Valid pattern arguments already parsed ("0x5a" comes with every write of a
+# script), bounded.
+_PATTERNS: dict[str, int] = {}
+
+
 def _parse_pattern(io: QemuIo, arg: str) -> int:
     """parse_pattern(): strtol base 0 into 0..255."""
+    known = _PATTERNS.get(arg)
+    if known is not None:
+        return known
     try:
         v = _strtol0(arg)
     except ValueError:
@@ -513,6 +532,8 @@ def _parse_pattern(io: QemuIo, arg: str) -> int:
     if v < 0 or v > 255:
         io.p(f"{arg} is not a valid pattern byte\n")
         return -1
+    if len(_PATTERNS) < 1024:
+        _PATTERNS[arg] = v
     return v
 
 

@@ -146,14 +146,30 @@ _HEX = "0123456789abcdefABCDEF"
 _SIMPLE = re.compile(r"([0-9]+)([bkmgtpeBKMGTPE]?)")
 
 
+# Sizes with a unit already converted by cvtnum(), bounded.
+_SIZES: dict[str, int] = {}
+
+
 def cvtnum(s: str) -> int:
     """qemu_strtosz() with a default unit of bytes; raises CvtnumError."""
+    if s.isdigit() and s.isascii():
+        # The most common case of all (offsets): plain decimal digits.
+        plain = int(s)
+        if plain > INT64_MAX:
+            raise CvtnumError(-errno.ERANGE)
+        return plain
+    value = _SIZES.get(s)
+    if value is not None:
+        return value
     m = _SIMPLE.fullmatch(s)
     if m is not None:
         # The common case ("65536", "64k"): digits and an optional unit.
         value = int(m.group(1)) << _SUFFIX_SHIFT[m.group(2).lower() or "b"]
         if value > INT64_MAX:
             raise CvtnumError(-errno.ERANGE)
+        if len(_SIZES) < 256:
+            # Scripts repeat a few sizes ("64k") thousands of times.
+            _SIZES[s] = value
         return value
     r = _strtou64_prefix(s, 10)
     if r is None:

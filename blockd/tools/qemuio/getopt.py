@@ -11,10 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(slots=True)
 class Opt:
+    """One option (callers only read it: instances are shared, see _opt())."""
+
     char: str
     arg: str | None = None
+
+
+# Options already seen (scripts repeat "-q", "-P 0x5a" thousands of times); the
+# objects are never modified, so one serves every occurrence.  Bounded.
+_SEEN: dict[tuple[str, str | None], Opt] = {}
+
+
+def _opt(c: str, arg: str | None = None) -> Opt:
+    key = (c, arg)
+    o = _SEEN.get(key)
+    if o is None:
+        o = Opt(c, arg)
+        if len(_SEEN) < 1024:
+            _SEEN[key] = o
+    return o
 
 
 @dataclass
@@ -22,42 +39,60 @@ class OptError:
     message: str  # already formatted as glibc prints it, with trailing newline
 
 
+# optstring -> {option char: takes an argument}; qemu-io uses a handful of them.
+_SPECS: dict[str, dict[str, bool]] = {}
+
+
+def _spec(optstring: str) -> dict[str, bool]:
+    spec: dict[str, bool] = {}
+    for k, c in enumerate(optstring):
+        if c != ":" and c not in spec:
+            spec[c] = optstring[k + 1 : k + 2] == ":"
+    _SPECS[optstring] = spec
+    return spec
+
+
 def getopt(
     argv: list[str], optstring: str
 ) -> tuple[list[Opt | OptError], list[str]]:
-    """Parse argv[1:]; returns (options in order, operands in order)."""
-    if not any(w.startswith("-") and w != "-" for w in argv[1:]):
-        return [], argv[1:]
+    """Parse argv[1:]; returns (options in order, operands in order).
+
+    Runs once per qemu-io command, so it is kept lean: one dict lookup per
+    option letter instead of scanning optstring.
+    """
+    spec = _SPECS.get(optstring) or _spec(optstring)
     prog = argv[0]
     items: list[Opt | OptError] = []
     operands: list[str] = []
+    n = len(argv)
     i = 1
-    while i < len(argv):
+    while i < n:
         word = argv[i]
         i += 1
+        if word[:1] != "-" or word == "-":
+            operands.append(word)
+            continue
         if word == "--":
             operands.extend(argv[i:])
             break
-        if not word.startswith("-") or word == "-":
-            operands.append(word)
-            continue
+        wl = len(word)
         j = 1
-        while j < len(word):
+        while j < wl:
             c = word[j]
             j += 1
-            pos = optstring.find(c)
-            if c == ":" or pos < 0:
+            takes = spec.get(c)
+            if takes is None:
                 items.append(OptError(f"{prog}: invalid option -- '{c}'\n"))
                 return items, operands + argv[i:]
-            if pos + 1 < len(optstring) and optstring[pos + 1] == ":":
-                if j < len(word):
-                    items.append(Opt(c, word[j:]))
-                elif i < len(argv):
-                    items.append(Opt(c, argv[i]))
+            if takes:
+                if j < wl:
+                    items.append(_opt(c, word[j:]))
+                elif i < n:
+                    items.append(_opt(c, argv[i]))
                     i += 1
                 else:
                     items.append(OptError(f"{prog}: option requires an argument -- '{c}'\n"))
                     return items, operands
                 break
-            items.append(Opt(c))
+            items.append(_opt(c))
     return items, operands
