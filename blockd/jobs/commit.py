@@ -39,7 +39,10 @@ from blockd.drivers.base import (
     run_io,
 )
 from blockd.drivers.commit_top import CommitTopDriver
+from blockd.drivers.file import FdRange
 from blockd.drivers.locking import BLK_PERM_ALL
+from blockd.drivers.qcow2.bulk import can_copy_in, copy_in
+from blockd.drivers.qcow2.driver import Qcow2Driver
 from blockd.graph import permissions
 from blockd.graph.backing import (
     cow_child,
@@ -293,6 +296,12 @@ def _host_fd(layer: BlockDriver) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
+def _bulk_target(target: BlockDriver) -> bool:
+    """Whether data for ``target`` can be handed over as host extents
+    (:mod:`blockd.drivers.qcow2.bulk`) instead of buffers."""
+    return isinstance(target, Qcow2Driver) and can_copy_in(target)
+
+
 def _pread_into(fd: int, buf: bytearray, offset: int, length: int) -> None:
     """Fill buf[:length] from the host file (zeros past its end), in a pool
     thread."""
@@ -355,11 +364,15 @@ class RangeCopier:
         """Copy one run whose source ``source()`` told (``host`` adjusted to
         ``offset``)."""
         pooled: bytearray | None = None
-        data: bytes | bytearray | memoryview | None = None
+        data: bytes | bytearray | memoryview | FdRange | None = None
         try:
             try:
                 if layer is not None and flags & BlockStatusFlag.ZERO:
                     data = None
+                elif layer is not None and host is not None and \
+                        (fd := _host_fd(layer)) is not None and _bulk_target(self.target):
+                    # Host extents to a qcow2 image: copied by the kernel.
+                    data = FdRange(fd, host, n)
                 elif layer is not None and host is not None and \
                         (fd := _host_fd(layer)) is not None:
                     if n <= FAST_CHUNK:
@@ -377,6 +390,9 @@ class RangeCopier:
             try:
                 if data is None:
                     await self.target.write_zeroes(offset, n, may_unmap=self.may_unmap)
+                elif isinstance(data, FdRange):
+                    assert isinstance(self.target, Qcow2Driver)
+                    await copy_in(self.target, offset, data)
                 else:
                     await self.target.write(offset, data)
             except (OSError, GenericError) as e:

@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from blockd.drivers.base import BlockDriver, BlockStatusFlag, run_io
-from blockd.drivers.file import FileDriver
+from blockd.drivers.file import FdRange, FileDriver
 from blockd.drivers.locking import (
     BLK_PERM_ALL,
     BLK_PERM_CONSISTENT_READ,
     BLK_PERM_WRITE,
     BLK_PERM_WRITE_UNCHANGED,
 )
+from blockd.drivers.qcow2.bulk import can_copy_in, copy_in
+from blockd.drivers.qcow2.driver import Qcow2Driver
 from blockd.graph.backing import freeze_backing_chain, set_backing, unfreeze_backing_chain
 from blockd.graph.filename import FilenameCache, cow_child
 from blockd.graph.node import BdrvChild, BlockNode
@@ -138,14 +140,18 @@ class StreamJob(BlockJob):
         layer maps it plainly, else through the layer's driver; all-zero data
         as a zero write.  Parts a guest wrote meanwhile (allocated in the top
         now) are left alone."""
-        data: bytes | bytearray | None
+        data: bytes | bytearray | FdRange | None
         pooled: bytearray | None = None
         try:
+            fd = _plain_file(src.layer) if src.host is not None else None
             if src.flags & BlockStatusFlag.ZERO:
                 data = None
-            elif src.host is not None and _plain_file(src.layer) is not None:
-                fd = _plain_file(src.layer)
-                assert fd is not None
+            elif fd is not None and src.host is not None and isinstance(top, Qcow2Driver) \
+                    and can_copy_in(top) \
+                    and await run_io(_pieces_lead_nonzero, fd, src.host, length):
+                # Certainly not all zero: the kernel copies it, host to host.
+                data = FdRange(fd, src.host, length)
+            elif src.host is not None and fd is not None:
                 if length == BIG_CHUNK:
                     pooled = self._buffers.pop() if self._buffers else bytearray(BIG_CHUNK)
                     buf = pooled
@@ -164,6 +170,9 @@ class StreamJob(BlockJob):
                 if not st.flags & BlockStatusFlag.ALLOCATED:
                     if data is None:
                         await top.write_zeroes(pos, n)
+                    elif isinstance(data, FdRange):
+                        assert isinstance(top, Qcow2Driver)
+                        await copy_in(top, pos, data.sub(pos - offset, n))
                     elif n == length:
                         await top.write(pos, data)
                     else:
@@ -389,6 +398,17 @@ def _plain_file(layer: BlockDriver) -> int | None:
         return None
     fd = getattr(f, "fd", -1)
     return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _pieces_lead_nonzero(fd: int, host: int, length: int) -> bool:
+    """Whether every STREAM_CHUNK piece of the run starts with a non-zero
+    byte, i.e. none of them is all zero (copy-on-read writes an all-zero piece
+    as zeros, so only such runs may skip the zero check).  In a pool thread."""
+    for skip in range(0, length, STREAM_CHUNK):
+        b = os.pread(fd, 1, host + skip)
+        if not b or not b[0]:
+            return False
+    return True
 
 
 def _is_zero(data: bytes | bytearray) -> bool:
