@@ -320,18 +320,23 @@ class RangeCopier:
     each run from the layer that allocates it (what a read through ``top``
     returns there), plainly mapped qcow2 data straight from the layer's file
     into a reused buffer in one pool call.  Ranges the source layer reports as
-    zero become zero writes; data is copied as read, without scanning it for
-    zeros (QEMU's commit and mirror copy data as data too).
+    zero become zero writes (the mirror's way) or, with ``zeroes_as_data``,
+    writes of zeros (the intermediate commit's); data is copied as read,
+    without scanning it for zeros (QEMU's commit and mirror copy data as data
+    too).
 
     Errors are raised as :class:`CopyError` saying whether the source (status,
     read) or the target (write) failed."""
 
     def __init__(self, top: BlockDriver, stop: BlockDriver | None, target: BlockDriver,
-                 may_unmap: bool = False) -> None:
+                 may_unmap: bool = False, zeroes_as_data: bool = False) -> None:
         self.top = top
         self.stop = stop
         self.target = target
         self.may_unmap = may_unmap
+        # QEMU 7.2's intermediate commit reads and writes (commit_populate):
+        # zero clusters arrive in the base as data clusters full of zeros.
+        self.zeroes_as_data = zeroes_as_data
         self._buffers: list[bytearray] = []
 
     async def source(self, offset: int, n: int) -> tuple[BlockDriver | None, int, int, int | None]:
@@ -368,7 +373,7 @@ class RangeCopier:
         try:
             try:
                 if layer is not None and flags & BlockStatusFlag.ZERO:
-                    data = None
+                    data = bytes(n) if self.zeroes_as_data else None
                 elif layer is not None and host is not None and \
                         (fd := _host_fd(layer)) is not None and _bulk_target(self.target):
                     # Host extents to a qcow2 image: copied by the kernel.
@@ -538,7 +543,7 @@ class CommitJob(BlockJob):
     async def _copy(self, top: BlockDriver, base: BlockDriver, offset: int, n: int) -> None:
         """One piece: from the layers above base into base."""
         if self._copier is None:
-            self._copier = RangeCopier(top, base, base)
+            self._copier = RangeCopier(top, base, base, zeroes_as_data=True)
         await self._copier.copy(offset, n)
 
     def _handle_error(self, err: CopyError) -> None:
@@ -579,7 +584,7 @@ class CommitJob(BlockJob):
         # The allocation status of [offset, extent_end), asked for in big
         # stretches and carved into pieces.
         if self._copier is None:
-            self._copier = RangeCopier(top, base, base)
+            self._copier = RangeCopier(top, base, base, zeroes_as_data=True)
         copier = self._copier
         # The source of [extent_start, extent_end): asked for in big stretches
         # (one status query per run of the chain) and carved into pieces.
