@@ -67,7 +67,7 @@ PERM_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, PERM_RESIZE = 0x1, 0x2, 0x4, 0x8
 # COMMIT_BUFFER_SIZE: QEMU copies 512 KiB per iteration.  Without a speed limit
 # blockd copies bigger pieces, several at a time (same result, fewer round trips).
 COMMIT_BUFFER_SIZE = 512 * 1024
-FAST_CHUNK = 4 * 1024 * 1024
+FAST_CHUNK = 8 * 1024 * 1024
 FAST_WORKERS = 2
 # How much allocation status one query may cover: a query is CPU work on the
 # event loop, so it is kept to a few milliseconds (QMP stays responsive).

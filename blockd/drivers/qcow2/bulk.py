@@ -77,18 +77,16 @@ async def copy_in(q: Qcow2Driver, offset: int, src: FdRange) -> None:
         plan: _AllocPlan | None = None
         in_place = False
         try:
-            extents = await q._map(pos, span)
-            head = extents[0]
+            # Extent by extent (_first_extent: no per-cluster Python loop).
+            head = await q._first_extent(pos, span)
+            run = head.length
             if head.writable:
-                run = head.length
                 in_place = True
                 q._io_begin()
-            elif head.ctype == ClusterType.ZERO_ALLOC:
-                # Owned or not, zero clusters take the buffered path.
-                run = head.length
-            else:
-                run = 0
-                for ext in extents:
+            elif head.ctype != ClusterType.ZERO_ALLOC:
+                # Everything up to the next cluster owned (or zero) needs allocating.
+                while run < span:
+                    ext = await q._first_extent(pos + run, span - run)
                     if ext.writable or ext.ctype == ClusterType.ZERO_ALLOC:
                         break
                     run += ext.length
