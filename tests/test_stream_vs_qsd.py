@@ -316,6 +316,9 @@ def test_blockdev_del_during_stream(tmp_path: Path) -> None:
         ("cmd", "blockdev-del", {"node-name": "top"}),
         ("cmd", "blockdev-del", {"node-name": "mid"}),
         ("cmd", "blockdev-del", {"node-name": "top-file"}),
+        # Cancel the job asleep after its first chunk, not mid-copy (on a busy
+        # machine the first allocation's barrier can take a while).
+        ("sleep", 0.3),
         ("cmd", "block-job-cancel", {"device": "s0"}),
         # The job may reach null before the cancel reply: count the transcript.
         ("until_total", "JOB_STATUS_CHANGE", "null", 1),
