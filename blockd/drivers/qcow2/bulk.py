@@ -22,6 +22,7 @@ of the same ordered write chain a buffered write uses:
 from __future__ import annotations
 
 import errno
+import weakref
 from typing import TYPE_CHECKING
 
 from blockd.drivers.base import bdrv_debug_event, run_io
@@ -36,6 +37,9 @@ BULK_RESERVE_MAX = 8192
 
 if TYPE_CHECKING:
     from .driver import Qcow2Driver, _AllocPlan
+
+# Images with bulk copies running: [copies, the image's own reserve size].
+_bulk_writers: weakref.WeakKeyDictionary[Qcow2Driver, list[int]] = weakref.WeakKeyDictionary()
 
 
 def can_copy_in(q: Qcow2Driver) -> bool:
@@ -60,10 +64,26 @@ async def copy_in(q: Qcow2Driver, offset: int, src: FdRange) -> None:
         raise OSError(errno.EIO, "Input/output error")
     f = q.file
     assert isinstance(f, FileDriver)
+    # While bulk copies run, fresh clusters come in bigger reserves: one
+    # refcount update and one barrier per BULK_RESERVE instead of per ~32 MiB.
+    state = _bulk_writers.get(q)
+    if state is None:
+        state = _bulk_writers[q] = [0, q._pool_chunk]
+        q._pool_chunk = max(q._pool_chunk, min(BULK_RESERVE_MAX, BULK_RESERVE >> q.cluster_bits))
+    state[0] += 1
+    try:
+        await _copy_in(q, f, offset, src)
+    finally:
+        state[0] -= 1
+        if state[0] == 0:
+            # Back to the image's own reserve size for ordinary writes.
+            q._pool_chunk = state[1]
+            del _bulk_writers[q]
+
+
+async def _copy_in(q: Qcow2Driver, f: FileDriver, offset: int, src: FdRange) -> None:
     cs = q.cluster_size
-    # A bulk writer takes fresh clusters in bigger reserves: one refcount
-    # update and one barrier per BULK_RESERVE instead of per ~32 MiB.
-    q._pool_chunk = max(q._pool_chunk, min(BULK_RESERVE_MAX, BULK_RESERVE >> q.cluster_bits))
+    length = len(src)
     end = offset + length
     pos = offset
     while pos < end:
