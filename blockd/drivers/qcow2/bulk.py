@@ -17,6 +17,12 @@ of the same ordered write chain a buffered write uses:
   a file child that is not a plain buffered file) goes through the normal
   ``write`` with the data read into memory, so the result is always the same
   as a write of the same bytes.
+
+While bulk copies run, the image takes fresh clusters in reserves of
+``BULK_RESERVE`` instead of ~32 MiB: each reserve costs one refcount update and
+one barrier (an fdatasync on a real disk), which dominated a stream on ext4.
+After a crash the unused part of a reserve is a leak (``qemu-img check``
+reports leaked clusters, nothing worse), as with the normal reserve.
 """
 
 from __future__ import annotations
