@@ -15,6 +15,7 @@ import errno
 import mmap
 import os
 import stat
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from blockd.drivers.base import (
@@ -60,6 +61,42 @@ def _unsupported(e: OSError) -> bool:
     return e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
 
 
+class FdRange:
+    """Data to take from another open file instead of a buffer: ``length``
+    bytes at ``offset`` of ``fd`` (zeros past its end).  A write chain piece of
+    this kind is copied by the kernel (``copy_file_range``, QEMU's copy_range
+    offload) without passing through Python buffers."""
+
+    __slots__ = ("fd", "length", "offset")
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sub(self, skip: int, length: int) -> FdRange:
+        """The part ``length`` bytes long, ``skip`` bytes in."""
+        return FdRange(self.fd, self.offset + skip, length)
+
+    def read_sync(self) -> bytes:
+        """The data itself (for paths that need it in memory), in a pool thread."""
+        out = bytearray(self.length)
+        view = memoryview(out)
+        got = 0
+        while got < self.length:
+            n = os.preadv(self.fd, [view[got:]], self.offset + got)
+            if n <= 0:
+                break  # past the end: zeros (already there)
+            got += n
+        return bytes(out)
+
+
+WritePiece = bytes | bytearray | memoryview | FdRange
+
+
 @register_driver
 class FileDriver(BlockDriver):
     """Protocol driver for a regular file or block device node."""
@@ -92,6 +129,7 @@ class FileDriver(BlockDriver):
         # FUA as pwritev2(RWF_DSYNC): only the written range is made durable,
         # instead of an fdatasync of everything dirty in the file.
         self._can_dsync = hasattr(os, "RWF_DSYNC")
+        self._can_copy_range = hasattr(os, "copy_file_range")
         # Like bs->write_gen/flushed_gen: a flush with nothing written since the
         # last one is skipped.
         self._write_gen = 0
@@ -386,15 +424,55 @@ class FileDriver(BlockDriver):
         if fua:
             await self.flush()
 
-    def _pwrite_chain(self, writes: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+    def _pwrite_chain(self, writes: Sequence[tuple[int, WritePiece]]) -> None:
         for offset, data in writes:
-            self._pwrite_all(data, offset)
+            if isinstance(data, FdRange):
+                self._copy_in(data, offset)
+            else:
+                self._pwrite_all(data, offset)
 
-    def _write_direct_chain(
-        self, writes: list[tuple[int, bytes | bytearray | memoryview]]
-    ) -> None:
+    def _copy_in(self, src: FdRange, offset: int) -> None:
+        """Copy ``src`` to ``offset`` in the kernel; where copy_file_range
+        cannot (another file system, no support) through a buffer instead.
+        Zeros where the source file ends early."""
+        done = 0
+        while done < src.length and self._can_copy_range:
+            try:
+                n = os.copy_file_range(src.fd, self.fd, src.length - done,
+                                       src.offset + done, offset + done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP,
+                                   errno.ENOSYS, errno.EINVAL, errno.EBADF):
+                    raise
+                if e.errno != errno.EXDEV:
+                    # EXDEV depends on the pair of files; the rest on this one.
+                    self._can_copy_range = False
+                break
+            if n <= 0:
+                # The source ends here: the rest reads as zeros.
+                self._pwrite_all(bytes(src.length - done), offset + done)
+                return
+            done += n
+        step = 4 << 20
+        while done < src.length:
+            n = min(step, src.length - done)
+            self._pwrite_all(src.sub(done, n).read_sync(), offset + done)
+            done += n
+
+    async def copy_from(self, offset: int, src: FdRange) -> None:
+        """Write ``src`` (another file's data) at ``offset``, copied by the
+        kernel where it can be; buffered files only (O_DIRECT copies through a
+        bounce buffer as a write does)."""
+        self._write_gen += 1
+        if not self.flags.cache_direct:
+            await run_io(self._copy_in, src, offset)
+            return
+        await self.write(offset, await run_io(src.read_sync))
+
+    def _write_direct_chain(self, writes: Sequence[tuple[int, WritePiece]]) -> None:
         a = self.request_alignment
-        for offset, data in writes:
+        for offset, piece in writes:
+            data = piece.read_sync() if isinstance(piece, FdRange) else piece
             if offset % a == 0 and len(data) % a == 0:
                 self._write_direct_aligned(data, offset)
                 continue
@@ -405,7 +483,7 @@ class FileDriver(BlockDriver):
             cur[offset - start : offset - start + len(data)] = data
             self._write_direct_aligned(cur, start)
 
-    async def write_many(self, writes: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+    async def write_many(self, writes: Sequence[tuple[int, WritePiece]]) -> None:
         """The ordered chain in one pool job: pwrite() returns only once the data
         is in the page cache, so each piece reaches the file before the next is
         issued, which is the order a killed process leaves behind.

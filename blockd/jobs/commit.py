@@ -39,7 +39,10 @@ from blockd.drivers.base import (
     run_io,
 )
 from blockd.drivers.commit_top import CommitTopDriver
+from blockd.drivers.file import FdRange
 from blockd.drivers.locking import BLK_PERM_ALL
+from blockd.drivers.qcow2.bulk import can_copy_in, copy_in
+from blockd.drivers.qcow2.driver import Qcow2Driver
 from blockd.graph import permissions
 from blockd.graph.backing import (
     cow_child,
@@ -64,7 +67,7 @@ PERM_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, PERM_RESIZE = 0x1, 0x2, 0x4, 0x8
 # COMMIT_BUFFER_SIZE: QEMU copies 512 KiB per iteration.  Without a speed limit
 # blockd copies bigger pieces, several at a time (same result, fewer round trips).
 COMMIT_BUFFER_SIZE = 512 * 1024
-FAST_CHUNK = 4 * 1024 * 1024
+FAST_CHUNK = 8 * 1024 * 1024
 FAST_WORKERS = 2
 # How much allocation status one query may cover: a query is CPU work on the
 # event loop, so it is kept to a few milliseconds (QMP stays responsive).
@@ -293,6 +296,12 @@ def _host_fd(layer: BlockDriver) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
+def _bulk_target(target: BlockDriver) -> bool:
+    """Whether data for ``target`` can be handed over as host extents
+    (:mod:`blockd.drivers.qcow2.bulk`) instead of buffers."""
+    return isinstance(target, Qcow2Driver) and can_copy_in(target)
+
+
 def _pread_into(fd: int, buf: bytearray, offset: int, length: int) -> None:
     """Fill buf[:length] from the host file (zeros past its end), in a pool
     thread."""
@@ -311,18 +320,23 @@ class RangeCopier:
     each run from the layer that allocates it (what a read through ``top``
     returns there), plainly mapped qcow2 data straight from the layer's file
     into a reused buffer in one pool call.  Ranges the source layer reports as
-    zero become zero writes; data is copied as read, without scanning it for
-    zeros (QEMU's commit and mirror copy data as data too).
+    zero become zero writes (the mirror's way) or, with ``zeroes_as_data``,
+    writes of zeros (the intermediate commit's); data is copied as read,
+    without scanning it for zeros (QEMU's commit and mirror copy data as data
+    too).
 
     Errors are raised as :class:`CopyError` saying whether the source (status,
     read) or the target (write) failed."""
 
     def __init__(self, top: BlockDriver, stop: BlockDriver | None, target: BlockDriver,
-                 may_unmap: bool = False) -> None:
+                 may_unmap: bool = False, zeroes_as_data: bool = False) -> None:
         self.top = top
         self.stop = stop
         self.target = target
         self.may_unmap = may_unmap
+        # QEMU 7.2's intermediate commit reads and writes (commit_populate):
+        # zero clusters arrive in the base as data clusters full of zeros.
+        self.zeroes_as_data = zeroes_as_data
         self._buffers: list[bytearray] = []
 
     async def source(self, offset: int, n: int) -> tuple[BlockDriver | None, int, int, int | None]:
@@ -355,11 +369,15 @@ class RangeCopier:
         """Copy one run whose source ``source()`` told (``host`` adjusted to
         ``offset``)."""
         pooled: bytearray | None = None
-        data: bytes | bytearray | memoryview | None = None
+        data: bytes | bytearray | memoryview | FdRange | None = None
         try:
             try:
                 if layer is not None and flags & BlockStatusFlag.ZERO:
-                    data = None
+                    data = bytes(n) if self.zeroes_as_data else None
+                elif layer is not None and host is not None and \
+                        (fd := _host_fd(layer)) is not None and _bulk_target(self.target):
+                    # Host extents to a qcow2 image: copied by the kernel.
+                    data = FdRange(fd, host, n)
                 elif layer is not None and host is not None and \
                         (fd := _host_fd(layer)) is not None:
                     if n <= FAST_CHUNK:
@@ -377,6 +395,9 @@ class RangeCopier:
             try:
                 if data is None:
                     await self.target.write_zeroes(offset, n, may_unmap=self.may_unmap)
+                elif isinstance(data, FdRange):
+                    assert isinstance(self.target, Qcow2Driver)
+                    await copy_in(self.target, offset, data)
                 else:
                     await self.target.write(offset, data)
             except (OSError, GenericError) as e:
@@ -522,7 +543,7 @@ class CommitJob(BlockJob):
     async def _copy(self, top: BlockDriver, base: BlockDriver, offset: int, n: int) -> None:
         """One piece: from the layers above base into base."""
         if self._copier is None:
-            self._copier = RangeCopier(top, base, base)
+            self._copier = RangeCopier(top, base, base, zeroes_as_data=True)
         await self._copier.copy(offset, n)
 
     def _handle_error(self, err: CopyError) -> None:
@@ -563,7 +584,7 @@ class CommitJob(BlockJob):
         # The allocation status of [offset, extent_end), asked for in big
         # stretches and carved into pieces.
         if self._copier is None:
-            self._copier = RangeCopier(top, base, base)
+            self._copier = RangeCopier(top, base, base, zeroes_as_data=True)
         copier = self._copier
         # The source of [extent_start, extent_end): asked for in big stretches
         # (one status query per run of the chain) and carved into pieces.

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 # under a speed limit (MAX_IO_BYTES), bigger without one.
 BUF_SIZE = 16 * 1024 * 1024
 MAX_IO_BYTES = 1024 * 1024
-FAST_IO_BYTES = 8 * 1024 * 1024
+FAST_IO_BYTES = 4 * 1024 * 1024
 
 
 class DirtyMap:

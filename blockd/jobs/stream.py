@@ -20,17 +20,20 @@ import asyncio
 import errno
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from blockd.drivers.base import BlockDriver, BlockStatusFlag, run_io
-from blockd.drivers.file import FileDriver
+from blockd.drivers.file import FdRange, FileDriver
 from blockd.drivers.locking import (
     BLK_PERM_ALL,
     BLK_PERM_CONSISTENT_READ,
     BLK_PERM_WRITE,
     BLK_PERM_WRITE_UNCHANGED,
 )
+from blockd.drivers.qcow2.bulk import can_copy_in, copy_in
+from blockd.drivers.qcow2.driver import Qcow2Driver
 from blockd.graph.backing import freeze_backing_chain, set_backing, unfreeze_backing_chain
 from blockd.graph.filename import FilenameCache, cow_child
 from blockd.graph.node import BdrvChild, BlockNode
@@ -61,8 +64,7 @@ SCAN_CHUNK = 64 * 1024 * 1024
 _ZEROES = bytes(BIG_CHUNK)
 
 BASIC_PERMS = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED
-
-
+# Drivers whose errors depend on the order of requests (error injection).
 class StreamJob(BlockJob):
     """One block-stream."""
 
@@ -138,14 +140,18 @@ class StreamJob(BlockJob):
         layer maps it plainly, else through the layer's driver; all-zero data
         as a zero write.  Parts a guest wrote meanwhile (allocated in the top
         now) are left alone."""
-        data: bytes | bytearray | None
+        data: bytes | bytearray | FdRange | None
         pooled: bytearray | None = None
         try:
+            fd = _plain_file(src.layer) if src.host is not None else None
             if src.flags & BlockStatusFlag.ZERO:
                 data = None
-            elif src.host is not None and _plain_file(src.layer) is not None:
-                fd = _plain_file(src.layer)
-                assert fd is not None
+            elif fd is not None and src.host is not None and isinstance(top, Qcow2Driver) \
+                    and can_copy_in(top) \
+                    and await run_io(_pieces_lead_nonzero, fd, src.host, length):
+                # Certainly not all zero: the kernel copies it, host to host.
+                data = FdRange(fd, src.host, length)
+            elif src.host is not None and fd is not None:
                 if length == BIG_CHUNK:
                     pooled = self._buffers.pop() if self._buffers else bytearray(BIG_CHUNK)
                     buf = pooled
@@ -164,6 +170,9 @@ class StreamJob(BlockJob):
                 if not st.flags & BlockStatusFlag.ALLOCATED:
                     if data is None:
                         await top.write_zeroes(pos, n)
+                    elif isinstance(data, FdRange):
+                        assert isinstance(top, Qcow2Driver)
+                        await copy_in(top, pos, data.sub(pos - offset, n))
                     elif n == length:
                         await top.write(pos, data)
                     else:
@@ -173,6 +182,26 @@ class StreamJob(BlockJob):
             if pooled is not None:
                 self._buffers.append(pooled)
 
+    def _order_sensitive(self, top: BlockNode) -> bool:
+        """Whether injected errors can depend on request order (a node
+        under the top that acts on debug events, such as blkdebug): then the
+        copy runs as QEMU's does, one STREAM_CHUNK at a time, so every read,
+        event and error comes in the same order and at the same offset as in
+        QEMU."""
+        seen: set[int] = set()
+        todo = [top]
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            # A driver acting on debug events (base.bdrv_debug_event) can
+            # inject errors that depend on request order.
+            if hasattr(node.driver, "debug_event"):
+                return True
+            todo.extend(c.child for c in node.children)
+        return False
+
     async def run(self) -> None:
         unfiltered = skip_filters(self.target)
         if unfiltered is None or unfiltered is self.base_overlay:
@@ -180,83 +209,94 @@ class StreamJob(BlockJob):
         top = unfiltered.driver
         length = top.get_length()
         self.progress_set_remaining(length)
+        careful = self._order_sensitive(unfiltered)
         offset = 0
         delay = 0
         error = 0
-        in_flight: dict[asyncio.Task[None], tuple[int, int, Source]] = {}
-        retry: list[tuple[int, int, Source]] = []
-        src: Source | None = None
+        # Chunks issued and not yet accounted, in offset order: (offset, bytes,
+        # copy task or None for a chunk with nothing to copy).  Progress and
+        # errors are taken from its head only, so they come out as QEMU's
+        # sequential loop publishes them even though copies run in parallel.
+        queue: deque[tuple[int, int, asyncio.Task[None] | None]] = deque()
         # (start, end, source) of a long copy run being carved into requests.
         carry: tuple[int, int, Source] | None = None
 
-        async def reap(wait_all: bool) -> list[tuple[int, int, int, Source | None]]:
-            """Collect finished copies; (offset, n, errno, source) of failed ones."""
-            failed: list[tuple[int, int, int, Source | None]] = []
-            if not in_flight:
-                return failed
-            done, _ = await asyncio.wait(
-                set(in_flight),
-                return_when=asyncio.ALL_COMPLETED if wait_all else asyncio.FIRST_COMPLETED,
-            )
-            for t in done:
-                off, n, tsrc = in_flight.pop(t)
-                exc = t.exception()
-                if exc is None:
-                    self.progress_update(n)
-                else:
-                    failed.append((off, n, _errno_of(exc), tsrc))
-            return failed
+        async def wait(every: bool) -> None:
+            tasks = {t for _, _, t in queue if t is not None and not t.done()}
+            if tasks:
+                await asyncio.wait(tasks, return_when=asyncio.ALL_COMPLETED if every
+                                   else asyncio.FIRST_COMPLETED)
 
-        def handle(failed: list[tuple[int, int, int, Source | None]]) -> bool:
-            """block_job_error_action() for each failure; True = stop the loop.
-            A failure without a source (the allocation lookup) is re-examined."""
-            nonlocal error, offset
-            for off, n, err, fsrc in sorted(failed, key=lambda f: f[0]):
-                action = self.error_action(True, err)
-                if action == "stop":
-                    if fsrc is not None:
-                        retry.append((off, n, fsrc))
-                    else:
-                        offset = min(offset, off)
-                    continue
-                if error == 0:
-                    error = -err
-                if action == "report":
-                    return True
+        def policy(off: int, n: int, err: int) -> bool:
+            """block_job_error_action() for the chunk at ``off``; True = leave
+            the loop.  ``stop``: the chunk is retried after the pause, like
+            QEMU's ``n = 0; continue`` (everything after it is looked at again)."""
+            nonlocal error, offset, carry
+            action = self.error_action(True, err)
+            if action == "stop":
+                offset = off
+                carry = None
+                return False
+            if error == 0:
+                error = -err
+            if action == "report":
+                return True
+            self.progress_update(n)
+            return False
+
+        async def settle() -> bool:
+            """Account the finished head of the queue; True = leave the loop."""
+            while queue:
+                off, n, task = queue[0]
+                if task is not None:
+                    if not task.done():
+                        return False
+                    exc = _task_error(task)
+                    if exc is not None:
+                        queue.popleft()
+                        # What QEMU would not have started yet is dropped (a
+                        # retry looks at it again; copies skip what they did).
+                        await wait(True)
+                        for _, _, t in queue:
+                            if t is not None:
+                                _task_error(t)
+                        queue.clear()
+                        return policy(off, n, _errno_of(exc))
+                queue.popleft()
                 self.progress_update(n)
             return False
 
-        while offset < length or retry or in_flight:
+        while offset < length or queue:
             # A speed limit (set at start or later) means QEMU's way: one
             # 512 KiB request at a time, the limiter's delay between them.
             limited = self.speed > 0
+            sequential = limited or careful
             # A pause or cancel waits for the requests in flight (QEMU's job is
-            # idle at its pause points), as does switching to a limited speed.
-            if self.pause_count > 0 or self.is_cancelled() or (in_flight and limited) or (
-                in_flight and offset >= length and not retry
-            ):
-                if handle(await reap(True)):
+            # idle at its pause points), as does switching to one at a time.
+            if queue and (self.pause_count > 0 or self.is_cancelled() or sequential
+                          or offset >= length):
+                await wait(True)
+                if await settle():
                     break
+                continue
             await self.sleep_ns(delay)
             delay = 0
             if self.is_cancelled():
                 break
-            if retry:
-                off, n, src = retry.pop(0)
-                copy = True
-            elif carry is not None and offset < carry[1] and not limited:
+            if offset >= length:
+                continue
+            if carry is not None and offset < carry[1] and not sequential:
                 # The rest of a long run found by the last lookup.
                 off = offset
                 n = min(BIG_CHUNK, carry[1] - off)
                 whole = carry[2]
-                src = Source(whole.layer, whole.flags,
-                             None if whole.host is None else whole.host + off - carry[0])
-                copy = True
-                offset = off + n
-            elif offset < length:
+                src: Source | None = Source(
+                    whole.layer, whole.flags,
+                    None if whole.host is None else whole.host + off - carry[0])
+            else:
                 carry = None
                 off = offset
-                want = min(STREAM_CHUNK if limited else SCAN_CHUNK, length - off)
+                want = min(STREAM_CHUNK if sequential else SCAN_CHUNK, length - off)
                 try:
                     st = await top.block_status(off, want)
                     n = max(1, min(st.length, want))
@@ -266,50 +306,45 @@ class StreamJob(BlockJob):
                             n = length - off
                         else:
                             src, n = await self._find_source(top, off, n)
-                    copy = src is not None
-                    # A source with debug-event hooks below it (error injection)
-                    # gets QEMU's sequential STREAM_CHUNK requests, so its rules
-                    # see the requests QEMU makes.
-                    if copy and src is not None and _debug_hooked(src.layer):
-                        limited = True
-                        n = min(n, STREAM_CHUNK)
-                    if copy and n > BIG_CHUNK and not limited:
-                        assert src is not None
+                    if src is not None and n > BIG_CHUNK and not sequential:
                         carry = (off, off + n, src)
                         n = BIG_CHUNK
                 except Exception as exc:
                     offset = off + STREAM_CHUNK
-                    if handle([(off, min(STREAM_CHUNK, length - off), _errno_of(exc), None)]):
+                    await wait(True)
+                    if await settle() or policy(off, min(STREAM_CHUNK, length - off),
+                                                _errno_of(exc)):
                         break
                     continue
-                offset = off + n
-            else:
-                continue
-            if not copy:
-                self.progress_update(n)
-                continue
-            assert src is not None
-            if limited:
-                try:
-                    await self._copy(top, off, n, src)
-                except Exception as exc:
-                    if handle([(off, n, _errno_of(exc), src)]):
-                        break
-                    continue
-                self.progress_update(n)
-                delay = self.ratelimit_delay(n)
+            offset = off + n
+            if src is None:
+                # Nothing to copy: accounted in order with the copies before it.
+                if queue:
+                    queue.append((off, n, None))
+                else:
+                    self.progress_update(n)
                 continue
             task = asyncio.get_running_loop().create_task(self._copy(top, off, n, src))
-            in_flight[task] = (off, n, src)
-            if len(in_flight) >= MAX_IN_FLIGHT and handle(await reap(False)):
-                break
-        if in_flight:
+            queue.append((off, n, task))
+            if sequential:
+                await wait(True)
+                failed = _task_error(task) is not None
+                if await settle():
+                    break
+                if limited and not failed:
+                    delay = self.ratelimit_delay(n)
+                continue
+            if sum(1 for _, _, t in queue if t is not None and not t.done()) >= MAX_IN_FLIGHT:
+                await wait(False)
+                if await settle():
+                    break
+        if queue:
             # Stopping early: let the requests in flight finish, errors ignored.
-            await asyncio.wait(set(in_flight))
-            for t in in_flight:
-                if not t.cancelled():
-                    t.exception()
-            in_flight.clear()
+            await wait(True)
+            for _, _, t in queue:
+                if t is not None:
+                    _task_error(t)
+            queue.clear()
         if error:
             raise JobFailed(error)
 
@@ -385,18 +420,6 @@ class Source:
     host: int | None
 
 
-def _debug_hooked(layer: BlockDriver) -> bool:
-    """Whether a node under the layer acts on debug events (base.bdrv_debug_event)."""
-    todo = [layer.file, *layer.extra_children.values()]
-    while todo:
-        node = todo.pop()
-        if node is not None:
-            if hasattr(node, "debug_event"):
-                return True
-            todo += [node.file, *node.extra_children.values()]
-    return False
-
-
 def _plain_file(layer: BlockDriver) -> int | None:
     """The fd to read a qcow2 layer's data clusters from directly (its ``file``
     child, buffered), or None when data must go through the driver."""
@@ -407,6 +430,17 @@ def _plain_file(layer: BlockDriver) -> int | None:
         return None
     fd = getattr(f, "fd", -1)
     return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _pieces_lead_nonzero(fd: int, host: int, length: int) -> bool:
+    """Whether every STREAM_CHUNK piece of the run starts with a non-zero
+    byte, i.e. none of them is all zero (copy-on-read writes an all-zero piece
+    as zeros, so only such runs may skip the zero check).  In a pool thread."""
+    for skip in range(0, length, STREAM_CHUNK):
+        b = os.pread(fd, 1, host + skip)
+        if not b or not b[0]:
+            return False
+    return True
 
 
 def _is_zero(data: bytes | bytearray) -> bool:
@@ -435,6 +469,13 @@ def _pread_into(fd: int, buf: bytearray, offset: int, length: int) -> bool:
     if length == len(_ZEROES) == len(buf):
         return buf == _ZEROES
     return buf.count(0, 0, length) == length
+
+
+def _task_error(task: asyncio.Task[None]) -> BaseException | None:
+    """A finished copy's exception (retrieved), a cancellation counting as one."""
+    if task.cancelled():
+        return asyncio.CancelledError()
+    return task.exception()
 
 
 def _errno_of(exc: BaseException) -> int:

@@ -34,8 +34,9 @@ from blockd.drivers.base import (
     OpenFlags,
     bdrv_debug_event,
     register_driver,
+    run_io,
 )
-from blockd.drivers.file import FileDriver
+from blockd.drivers.file import FdRange, FileDriver
 from blockd.qmp.errors import GenericError
 
 from . import header as H
@@ -61,6 +62,7 @@ from .options import (
     parse_runtime_options,
 )
 from .refcount import REFT_OFFSET_MASK, Refcounts
+from .runs import leading_run
 from .snapshot import (
     MAX_SNAPSHOTS,
     SNAPSHOT_HEADER,
@@ -803,6 +805,35 @@ class Qcow2Driver(BlockDriver):
                 await self._check_host_range(ext.host, ext.length, "Data cluster")
         return out
 
+    async def _first_extent(self, offset: int, length: int) -> Extent:
+        """``_map(offset, length)[0]`` without classifying the rest of the range
+        (block_status asks for long ranges but uses only the first extent)."""
+        if self.extl2:
+            return (await self._map_ext(offset, length))[0]
+        cs = self.cluster_size
+        first_cluster = offset >> self.cluster_bits
+        nclusters = ((offset + length - 1) >> self.cluster_bits) - first_cluster + 1
+        entries, l2_off = await self._entries(offset, nclusters)
+        e = entries[0]
+        ct = cluster_type(e)
+        cstart = first_cluster << self.cluster_bits
+        host = 0
+        if ct in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
+            base = e & L2E_OFFSET_MASK
+            if base & (cs - 1):
+                l2i = first_cluster & (self.l2_size - 1)
+                await self._signal_corruption(
+                    f"Cluster allocation offset {_hx(base)} unaligned "
+                    f"(L2 offset: {_hx(l2_off)}, L2 index: {_hx(l2i)})"
+                )
+            host = base + (offset - cstart)
+        end = min(offset + length, (first_cluster + leading_run(entries, cs)) << self.cluster_bits)
+        writable = ct == ClusterType.NORMAL and bool(e & OFLAG_COPIED)
+        ext = Extent(offset, end - offset, ct, host, e, writable)
+        if ct == ClusterType.NORMAL and ext.host + ext.length > self._file_len:
+            await self._check_host_range(ext.host, ext.length, "Data cluster")
+        return ext
+
     # --- reads ---------------------------------------------------------------
 
     async def _read_backing(self, offset: int, length: int) -> bytes:
@@ -1467,7 +1498,7 @@ class Qcow2Driver(BlockDriver):
         self._io_begin()
         return plan
 
-    async def _alloc_finish(self, plan: _AllocPlan, data: memoryview) -> None:
+    async def _alloc_finish(self, plan: _AllocPlan, data: memoryview | FdRange) -> None:
         """Second half: the data (completed from the old content of partial
         clusters) and then the L2 entries naming it go to the file as one ordered
         chain outside the lock (one host I/O job on the file driver); then, under
@@ -1485,8 +1516,11 @@ class Qcow2Driver(BlockDriver):
         try:
             head = plan.offset - guest
             tail = ((plan.c1 + 1) << self.cluster_bits) - (plan.offset + len(data))
-            payload: bytearray | memoryview
+            payload: bytearray | memoryview | FdRange
             if head or tail:
+                if isinstance(data, FdRange):
+                    # Only whole clusters come from another file (bulk.py).
+                    data = memoryview(await run_io(data.read_sync))
                 buf = bytearray(n * cs)
                 bms = plan.old_bitmaps or [0] * n
                 if head:
@@ -1581,7 +1615,7 @@ class Qcow2Driver(BlockDriver):
         return at, struct.pack(f">{len(flat)}Q", *flat)
 
     async def _run_chain(
-        self, chain: list[tuple[int, bytes | bytearray | memoryview]]
+        self, chain: list[tuple[int, bytes | bytearray | memoryview | FdRange]]
     ) -> BaseException | None:
         """Write the pieces in order; the error to raise once settled, if any.
 
@@ -1596,7 +1630,9 @@ class Qcow2Driver(BlockDriver):
             except BaseException as e:
                 return e
             return None
-        task = asyncio.ensure_future(f.write_many(chain))
+        plain = [(o, await run_io(d.read_sync) if isinstance(d, FdRange) else d)
+                 for o, d in chain]
+        task = asyncio.ensure_future(f.write_many(plain))
         cancelled = False
         while not task.done():
             try:
@@ -2091,7 +2127,7 @@ class Qcow2Driver(BlockDriver):
             cs = self.cluster_size
             _, l2_idx = self._split(offset)
             room = (self.slice_entries - l2_idx % self.slice_entries) * cs - (offset & (cs - 1))
-            ext = (await self._map(offset, min(length, room)))[0]
+            ext = await self._first_extent(offset, min(length, room))
             if self._metadata_prealloc is None and ext.ctype == ClusterType.NORMAL:
                 self._metadata_prealloc = await self._detect_metadata_prealloc()
         F = BlockStatusFlag
