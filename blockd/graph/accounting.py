@@ -23,11 +23,12 @@ from __future__ import annotations
 import enum
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from blockd.drivers.base import BlockDriver
+from blockd.drivers.file import FdRange, WritePiece
 
 
 class AcctType(enum.IntEnum):
@@ -233,11 +234,14 @@ def install(drv: BlockDriver) -> None:
         return write_zeroes(offset, length, may_unmap=may_unmap)
 
     def counted_write_many(
-        writes: list[tuple[int, bytes | bytearray | memoryview]],
+        writes: Sequence[tuple[int, WritePiece]],
     ) -> Coroutine[Any, Any, None]:
         for offset, data in writes:
-            stats.wrote(offset, memoryview(data).nbytes)
-        return write_many(writes)
+            # A kernel-side copy (FdRange) knows its length; buffers by bytes.
+            n = len(data) if isinstance(data, FdRange) else memoryview(data).nbytes
+            stats.wrote(offset, n)
+        # FdRange pieces are only ever given to drivers that take them (file).
+        return write_many(writes)  # type: ignore[arg-type]
 
     # Instance attributes shadow the class methods for every caller.
     drv.write = counted_write  # type: ignore[method-assign]
