@@ -6,6 +6,7 @@ backing file name and format."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,24 @@ def _setup(d: Path) -> None:
     snapshot_raw(d, "top.qcow2", d / "expected.raw")
 
 
+# "actual-size" is what the host file system has allocated for the image file
+# (st_blocks) while the daemon runs.  On a loaded machine it came out 56 KiB
+# apart between the daemons in a few full-suite runs (never when run alone;
+# blockd's figure was the same each time), with equal content and maps: host
+# allocation timing, not block-layer behaviour.  What the images hold is
+# compared below (content, map, check) instead.
+_ACTUAL_SIZE = re.compile(r'"actual-size": \d+')
+
+
+def _masked(lines: list[str]) -> list[str]:
+    return [_ACTUAL_SIZE.sub('"actual-size": N', line) for line in lines]
+
+
 def _check(res: dict[str, tuple[list[str], Path]], images: tuple[str, ...] = ("top",),
            same_backing: bool = True) -> None:
     qsd_lines, qsd_dir = res["qsd"]
     our_lines, our_dir = res["blockd"]
-    assert our_lines == qsd_lines
+    assert _masked(our_lines) == _masked(qsd_lines)
     for d in (qsd_dir, our_dir):
         for name in ("base", "mid", "top"):
             check_clean(d / f"{name}.qcow2")
