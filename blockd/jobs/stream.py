@@ -17,6 +17,7 @@ limiter's delay slept between them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -347,6 +348,14 @@ class StreamJob(BlockJob):
             queue.clear()
         if error:
             raise JobFailed(error)
+        if not self.is_cancelled():
+            # prepare()'s header rewrite first flushes the copied data (the
+            # backing link never drops before the data is on disk).  Most of
+            # that write-back happens here instead, outside the completion's
+            # locked section, so QMP is not held up by it; its errors are
+            # reported by the flush in prepare().
+            with contextlib.suppress(OSError):
+                await top.flush()
 
     def on_speed_change(self) -> None:
         # A limit switches the copy to QEMU's chunking on its next request.
