@@ -105,6 +105,9 @@ class FileDriver(BlockDriver):
     is_protocol: ClassVar[bool] = True
     # "file:<path>" names this driver (blockd.drivers.protocols).
     protocol_name: ClassVar[str] = "file"
+    # file-posix keeps discard counters (raw_get_specific_stats), shown by
+    # query-blockstats as BlockStatsSpecificFile (blockd.graph.accounting).
+    discard_stats: ClassVar[bool] = True
 
     @staticmethod
     def parse_filename(filename: str) -> dict[str, Any]:

@@ -196,15 +196,14 @@ class NodeStats:
 
 
 _NODE_STATS: weakref.WeakKeyDictionary[BlockDriver, NodeStats] = weakref.WeakKeyDictionary()
-# Drivers with file-posix's discard statistics (raw_get_specific_stats).
-_DISCARD_STATS_DRIVERS = frozenset({"file", "host_device"})
 
 
 def node_stats(drv: BlockDriver) -> NodeStats:
     """The counters of the node whose driver is ``drv`` (zero until it does I/O)."""
     stats = _NODE_STATS.get(drv)
     if stats is None:
-        stats = NodeStats(counts_discards=drv.name in _DISCARD_STATS_DRIVERS)
+        # Drivers with file-posix's discard counters declare ``discard_stats``.
+        stats = NodeStats(counts_discards=bool(getattr(drv, "discard_stats", False)))
         _NODE_STATS[drv] = stats
     return stats
 
