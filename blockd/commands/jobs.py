@@ -51,7 +51,8 @@ async def job_complete(ctx: CommandContext, args: dict[str, Any]) -> None:
     mgr = get_manager(ctx.daemon)
     job = mgr.find_job(args["id"])
     job.complete()
-    await mgr.settle(job)
+    # No settle(): QEMU replies before the completing job's waiting/pending
+    # events (QSD's transcripts; users wait for the events, not the reply).
 
 
 @qmp_command("job-finalize")
@@ -113,7 +114,8 @@ async def block_job_complete(ctx: CommandContext, args: dict[str, Any]) -> None:
     mgr = get_manager(ctx.daemon)
     job = mgr.find_block_job(args["device"])
     job.complete()
-    await mgr.settle(job)
+    # No settle(): QEMU replies before the completing job's waiting/pending
+    # events (QSD's transcripts; users wait for the events, not the reply).
 
 
 @qmp_command("block-job-finalize")
