@@ -112,7 +112,7 @@ class Daemon:
         # The block graph; its hook runs last at shutdown (jobs/exports first).
         from blockd.graph import NodeRegistry
 
-        self.graph = NodeRegistry()
+        self.graph = NodeRegistry(self.events.emit)
         self.shutdown_hooks.append(self._close_graph)
         self._shutdown = asyncio.Event()
         self._stopped = False

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from blockd.graph.naming import AutoNamer
 from blockd.graph.node import BlockNode
 from blockd.qmp.errors import GenericError
@@ -14,10 +17,12 @@ class NodeRegistry:
     QEMU inserts into graph_bdrv_states when a node gets its name.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, emit: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self._nodes: dict[str, BlockNode] = {}
         # Generator of "#blockNNN" names (QEMU's id_generate(ID_BLOCK)).
         self.namer = AutoNamer()
+        # The daemon's event emitter (EventBus.emit), for node events.
+        self._emit = emit
 
     def lookup(self, node_name: str) -> BlockNode | None:
         """The node named ``node_name`` or None (bdrv_find_node)."""
@@ -55,6 +60,29 @@ class NodeRegistry:
         if node.node_name in self._nodes:
             raise GenericError(f"Duplicate nodes with node-name='{node.node_name}'")
         self._nodes[node.node_name] = node
+        if self._emit is not None and hasattr(node.driver, "on_corruption"):
+            node.driver.on_corruption = self._corruption_reporter(node.node_name)
+
+    def _corruption_reporter(self, node_name: str) -> Callable[[str, bool, int, int], None]:
+        """BLOCK_IMAGE_CORRUPTED for a format driver's corruption report.
+
+        ``device`` is the BlockBackend's name: always empty here, as the
+        storage daemon's backends are anonymous; offset and size only when the
+        report concerns a host range (QEMU passes -1 otherwise).
+        """
+        emit = self._emit
+        assert emit is not None
+
+        def report(msg: str, fatal: bool, offset: int, size: int) -> None:
+            data: dict[str, Any] = {"device": "", "node-name": node_name, "msg": msg}
+            if offset >= 0:
+                data["offset"] = offset
+            if size >= 0:
+                data["size"] = size
+            data["fatal"] = fatal
+            emit("BLOCK_IMAGE_CORRUPTED", data)
+
+        return report
 
     def remove(self, node: BlockNode) -> None:
         if self._nodes.get(node.node_name) is node:

@@ -7,7 +7,7 @@ Public interface:
   ``reopen(options, flags)``, ``set_barriers(enabled)`` and the attributes
   ``cluster_size``, ``backing_file``, ``backing_format``, ``dirty``, ``corrupt``,
   ``snapshots`` (internal snapshot table), ``bitmaps`` (persistent bitmap info),
-  ``header`` and ``on_corruption`` (callback ``(message, fatal)``).
+  ``header`` and ``on_corruption`` (callback ``(message, fatal, offset, size)``).
   ``OpenFlags.extra["check"] = True`` opens like QEMU's BDRV_O_CHECK.
 - ``qcow2_create(file, size, ...)``: format an empty protocol node.
 - ``Qcow2CheckResult``: what ``check`` returns (counts and qemu-img's lines).

@@ -194,6 +194,9 @@ class Qcow2Driver(BlockDriver):
         self._closed = False
         self.cache_config: CacheConfig | None = None
         self._corruption_reported = False
+        # QEMU's "bs->drv = NULL" after a fatal corruption report: every later
+        # request fails with ENOMEDIUM ("No medium found").
+        self.unusable = False
         self._pending_frees: list[tuple[int, int, str]] = []
         # Allocating writes between their two halves (see _alloc_prepare).
         self._allocs: list[_AllocPlan] = []
@@ -204,7 +207,9 @@ class Qcow2Driver(BlockDriver):
         # Host cluster -> metadata kind, rebuilt when the metadata layout changes.
         self._metadata_map: dict[int, str] | None = None
         # Hook for the graph engine (BLOCK_IMAGE_CORRUPTED): (message, fatal).
-        self.on_corruption: Callable[[str, bool], None] | None = None
+        # (message, fatal, host offset or -1, size or -1): the graph turns it
+        # into BLOCK_IMAGE_CORRUPTED.
+        self.on_corruption: Callable[[str, bool, int, int], None] | None = None
 
     # --- helpers over the file child -------------------------------------
 
@@ -225,7 +230,8 @@ class Qcow2Driver(BlockDriver):
         if offset < self.cluster_size:
             # Overlap check "main header": never let data or tables land in cluster 0.
             await self._signal_corruption(
-                "Preventing invalid write on metadata (overlaps with qcow2_header)"
+                "Preventing invalid write on metadata (overlaps with qcow2_header)",
+                offset, len(data),
             )
         await self._f.write(offset, data, fua=fua)
         end = offset + len(data)
@@ -255,11 +261,13 @@ class Qcow2Driver(BlockDriver):
         if self._barriers:
             await self._f.flush()
 
-    async def _signal_corruption(self, msg: str) -> None:
-        """QEMU's qcow2_signal_corruption(): report once, mark the image corrupt
-        when writable (fatal), fail the request with EIO."""
+    async def _signal_corruption(self, msg: str, offset: int = -1, size: int = -1) -> None:
+        """QEMU's qcow2_signal_corruption(): report (once, unless a fatal report
+        follows non-fatal ones), mark the image corrupt when writable (fatal),
+        fail the request with EIO.  ``offset``/``size``: the host range of the
+        offending write, when there is one (BLOCK_IMAGE_CORRUPTED's members)."""
         fatal = not self.read_only
-        if not self._corruption_reported:
+        if not (self._corruption_reported and (not fatal or self.corrupt)):
             self._corruption_reported = True
             if fatal:
                 text = (
@@ -273,11 +281,13 @@ class Qcow2Driver(BlockDriver):
                 )
             sys.stderr.write(text + "\n")
             if self.on_corruption is not None:
-                self.on_corruption(msg, fatal)
+                self.on_corruption(msg, fatal, offset, size)
         if fatal and not self.corrupt:
             self.corrupt = True
             self.header.incompatible_features |= H.INCOMPAT_CORRUPT
             await self._write_incompat()
+        if fatal:
+            self.unusable = True
         raise _eio()
 
     async def _write_incompat(self) -> None:
@@ -584,7 +594,8 @@ class Qcow2Driver(BlockDriver):
             return
         if host < self.cluster_size and "qcow2_header" in self.overlap_checks:
             await self._signal_corruption(
-                "Preventing invalid write on metadata (overlaps with qcow2_header)"
+                "Preventing invalid write on metadata (overlaps with qcow2_header)",
+                host, length,
             )
         meta = self._metadata_map
         if meta is None:
@@ -599,7 +610,7 @@ class Qcow2Driver(BlockDriver):
             order = [k for k, _ in OVERLAP_KINDS]
             kind = min(hits, key=order.index)
             await self._signal_corruption(
-                f"Preventing invalid write on metadata (overlaps with {kind})"
+                f"Preventing invalid write on metadata (overlaps with {kind})", host, length
             )
 
     async def _build_metadata_map(self) -> dict[int, str]:
@@ -868,6 +879,8 @@ class Qcow2Driver(BlockDriver):
         return bytes(ext.length)
 
     async def read(self, offset: int, length: int) -> bytes:
+        if self.unusable:
+            raise OSError(errno.ENOMEDIUM, os.strerror(errno.ENOMEDIUM))
         if length <= 0:
             return b""
         if offset + length > self.size:
@@ -1208,6 +1221,8 @@ class Qcow2Driver(BlockDriver):
     # --- writes --------------------------------------------------------------
 
     def _check_writable(self) -> None:
+        if self.unusable:
+            raise OSError(errno.ENOMEDIUM, os.strerror(errno.ENOMEDIUM))
         if self.read_only:
             raise OSError(errno.EACCES, "Permission denied")
         if self.corrupt:
@@ -1540,8 +1555,10 @@ class Qcow2Driver(BlockDriver):
                 raise OSError(errno.EPERM, "Operation not permitted")
             if min(plan.host, l2_at) < cs:
                 # What _pwrite guards against: nothing lands in the header cluster.
+                at, size = (plan.host, n * cs) if plan.host < cs else (l2_at, len(l2_bytes))
                 await self._signal_corruption(
-                    "Preventing invalid write on metadata (overlaps with qcow2_header)"
+                    "Preventing invalid write on metadata (overlaps with qcow2_header)",
+                    at, size,
                 )
             # Refcount raises outside the reserve must be stable before the L2
             # entry goes out (the reserve itself already is, see _alloc).
