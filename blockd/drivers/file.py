@@ -249,9 +249,7 @@ class FileDriver(BlockDriver):
         if length == 0:
             return b""
         if self.inline:
-            if self.flags.cache_direct:
-                return self._read_direct(offset, length)
-            return self._read_buffered(offset, length)
+            return self.read_now(offset, length)
         if self.flags.cache_direct:
             return await run_io(self._read_direct, offset, length)
         if self._can_nowait:
@@ -444,8 +442,7 @@ class FileDriver(BlockDriver):
                 n = os.copy_file_range(src.fd, self.fd, src.length - done,
                                        src.offset + done, offset + done)
             except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP,
-                                   errno.ENOSYS, errno.EINVAL, errno.EBADF):
+                if e.errno not in (errno.EXDEV, errno.EBADF) and not _unsupported(e):
                     raise
                 if e.errno != errno.EXDEV:
                     # EXDEV depends on the pair of files; the rest on this one.
@@ -496,13 +493,10 @@ class FileDriver(BlockDriver):
         """
         if not writes:
             return
-        self._write_gen += 1
         if self.inline:
-            if self.flags.cache_direct:
-                self._write_direct_chain(writes)
-            else:
-                self._pwrite_chain(writes)
+            self.write_chain_now(writes)
             return
+        self._write_gen += 1
         if not self.flags.cache_direct:
             await io_pool().run_to_end(self._pwrite_chain, writes)
             return
@@ -513,15 +507,14 @@ class FileDriver(BlockDriver):
         async with self._rmw_lock:
             await io_pool().run_to_end(self._write_direct_chain, writes)
 
-    def write_chain_now(self, writes: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+    def write_chain_now(self, writes: Sequence[tuple[int, WritePiece]]) -> None:
         """write_many() done synchronously, for callers that checked ``inline``:
         format drivers finish a simple request without any await."""
         self._write_gen += 1
         if self.flags.cache_direct:
             self._write_direct_chain(writes)
         else:
-            for offset, data in writes:
-                self._pwrite_all(data, offset)
+            self._pwrite_chain(writes)
 
     def read_now(self, offset: int, length: int) -> bytes:
         """read() done synchronously, for callers that checked ``inline``."""

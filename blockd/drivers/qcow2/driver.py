@@ -785,13 +785,7 @@ class Qcow2Driver(BlockDriver):
                 ct = cluster_type(e)
                 host = 0
                 if ct in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
-                    base = e & L2E_OFFSET_MASK
-                    if base & (cs - 1):
-                        l2i = (first_cluster + i) & (self.l2_size - 1)
-                        await self._signal_corruption(
-                            f"Cluster allocation offset {_hx(base)} unaligned "
-                            f"(L2 offset: {_hx(l2_off)}, L2 index: {_hx(l2i)})"
-                        )
+                    base = await self._data_offset(e, first_cluster + i, l2_off)
                     host = base + (s - cstart)
                 writable = ct == ClusterType.NORMAL and bool(e & OFLAG_COPIED)
                 if out:
@@ -816,6 +810,18 @@ class Qcow2Driver(BlockDriver):
                 await self._check_host_range(ext.host, ext.length, "Data cluster")
         return out
 
+    async def _data_offset(self, entry: int, cluster: int, l2_off: int) -> int:
+        """The host offset of an allocated L2 entry; QEMU's corruption report
+        (qcow2_get_host_offset) when it is not cluster aligned."""
+        base = entry & L2E_OFFSET_MASK
+        if base & (self.cluster_size - 1):
+            l2i = cluster & (self.l2_size - 1)
+            await self._signal_corruption(
+                f"Cluster allocation offset {_hx(base)} unaligned "
+                f"(L2 offset: {_hx(l2_off)}, L2 index: {_hx(l2i)})"
+            )
+        return base
+
     async def _first_extent(self, offset: int, length: int) -> Extent:
         """``_map(offset, length)[0]`` without classifying the rest of the range
         (block_status asks for long ranges but uses only the first extent)."""
@@ -830,14 +836,7 @@ class Qcow2Driver(BlockDriver):
         cstart = first_cluster << self.cluster_bits
         host = 0
         if ct in (ClusterType.NORMAL, ClusterType.ZERO_ALLOC):
-            base = e & L2E_OFFSET_MASK
-            if base & (cs - 1):
-                l2i = first_cluster & (self.l2_size - 1)
-                await self._signal_corruption(
-                    f"Cluster allocation offset {_hx(base)} unaligned "
-                    f"(L2 offset: {_hx(l2_off)}, L2 index: {_hx(l2i)})"
-                )
-            host = base + (offset - cstart)
+            host = await self._data_offset(e, first_cluster, l2_off) + (offset - cstart)
         end = min(offset + length, (first_cluster + leading_run(entries, cs)) << self.cluster_bits)
         writable = ct == ClusterType.NORMAL and bool(e & OFLAG_COPIED)
         ext = Extent(offset, end - offset, ct, host, e, writable)
@@ -968,18 +967,23 @@ class Qcow2Driver(BlockDriver):
         """
         if self._pool_end - self._pool_start < count or self._pool_end == 0:
             await self._settled(self._refill_pool(count))
-        if (
-            self._next_pool is None
-            and self._barriers
-            and (self._pool_end - self._pool_start - count) * 2 < self._pool_chunk
-            and not self._durable_metadata()
-        ):
-            # Hide the barrier of the next reserve (none needed with durable
-            # refcount writes: the refill is then cheap enough in line).
+        if self._prefetch_due(count):
             await self._settled(self._prefetch_pool())
         off = self._pool_start << self.cluster_bits
         self._pool_start += count
         return off
+
+    def _prefetch_due(self, count: int) -> bool:
+        """Whether taking ``count`` clusters leaves the reserve under half full
+        with the next one still to be taken in the background: that hides its
+        barrier (none is needed with durable refcount writes, whose refill is
+        cheap enough in line)."""
+        return (
+            self._next_pool is None
+            and self._barriers
+            and (self._pool_end - self._pool_start - count) * 2 < self._pool_chunk
+            and not self._durable_metadata()
+        )
 
     async def _settled(self, work: Coroutine[Any, Any, None]) -> None:
         """Run reserve bookkeeping (refcount writes, then recording what they
@@ -1303,12 +1307,7 @@ class Qcow2Driver(BlockDriver):
             if (
                 avail < n
                 or self._rc_dirty
-                or (
-                    self._next_pool is None
-                    and self._barriers
-                    and (avail - n) * 2 < self._pool_chunk
-                    and not self._durable_metadata()
-                )
+                or self._prefetch_due(n)
             ):
                 return False  # _alloc() has reserve work to do
             host = start << cb
